@@ -1,0 +1,1 @@
+"""Cluster operation helpers (local multi-node cluster, job submission)."""
