@@ -1,0 +1,66 @@
+"""torch.distributed helpers: rank/world queries and feature gathers. No Ray here: the same code runs under Ray Train,
+torchrun or a single process (where every helper is the identity)."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank along dim 0, keeping autograd.
+
+    The backward of ``torch.distributed.nn.all_gather`` sums each slice's gradient over ranks. Every rank computes the
+    same global loss L, so rank r receives N * dL/dx_r; DDP's gradient averaging then yields exactly dL/dtheta, the
+    gradient of one process on the concatenated batch. Requires the same shape on every rank.
+    """
+    if not is_dist() or world_size() == 1:
+        return x
+    import torch.distributed.nn.functional as dnnf
+
+    return torch.cat(dnnf.all_gather(x), dim=0)
+
+
+@torch.no_grad()
+def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank along dim 0 (no autograd). Shapes may differ in dim 0 across ranks."""
+    if not is_dist() or world_size() == 1:
+        return x
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(world_size())]
+    dist.all_gather(sizes, n)
+    sizes = [int(s.item()) for s in sizes]
+    pad = max(sizes) - x.shape[0]
+    if pad:
+        x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))], dim=0)
+    out = [torch.empty_like(x) for _ in sizes]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat([o[:s] for o, s in zip(out, sizes)], dim=0)
+
+
+def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
+    """Mean of scalar logs across ranks (for logging only)."""
+    if not is_dist() or world_size() == 1 or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    t /= world_size()
+    return dict(zip(keys, t.tolist()))
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()

@@ -1,0 +1,157 @@
+"""MLflow tracking for runs: one run per training run, created by the driver, written to by rank 0, ended by the driver.
+
+Default store: an absolute ``sqlite:`` URI under the project's ``runs/`` directory (MLflow 3.17 refuses a file store
+and its default URI is relative); ``MLFLOW_TRACKING_URI`` overrides it (e.g. the cluster's MLflow server).
+Resuming a run (same run name) continues the same MLflow run instead of creating a duplicate.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+RUN_NAME_TAG = "glccl.run_name"
+_BAD_KEY = re.compile(r"[^A-Za-z0-9_\-./ :]")
+
+
+def default_tracking_uri(storage: str | os.PathLike) -> str:
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    path = Path(storage).resolve() / "mlflow.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"  # sqlite:/// + /abs/path = four slashes
+
+
+def metric_key(key: str) -> str:
+    """MLflow metric names allow letters, digits and ``_-./ :``; ``t2v/R@1`` becomes ``t2v/R1``."""
+    return _BAD_KEY.sub("", key.replace("@", ""))
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    client = _client(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # created concurrently by another driver
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def run_tags(extra: dict[str, str] | None = None) -> dict[str, str]:
+    tags = {
+        "git.commit": git_commit(),
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "ray.job_id": os.environ.get("RAY_JOB_ID", "") or _ray_job_id(),
+    }
+    for pkg in ("torch", "open_clip_torch", "ray", "mlflow", "decord", "av", "glccl"):
+        try:
+            tags[f"version.{pkg}"] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    tags.update(extra or {})
+    return {k: v for k, v in tags.items() if v}
+
+
+def _ray_job_id() -> str:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_job_id() or ""
+    except Exception:
+        pass
+    return ""
+
+
+def start_or_resume_run(uri: str, experiment: str, run_name: str, params: dict[str, Any],
+                        tags: dict[str, str] | None = None, parent_run_id: str | None = None) -> tuple[str, bool]:
+    """Return (run_id, resumed). A run of this name that did not finish is resumed (set back to RUNNING)."""
+    client = _client(uri)
+    exp_id = ensure_experiment(uri, experiment)
+    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    if found and found[0].info.status != "FINISHED":
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id, True
+    all_tags = {RUN_NAME_TAG: run_name, "mlflow.runName": run_name, **run_tags(tags)}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(exp_id, tags=all_tags, run_name=run_name)
+    log_params(uri, run.info.run_id, params)
+    return run.info.run_id, False
+
+
+def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    client = _client(uri)
+    for i in range(0, len(items), 90):
+        client.log_batch(run_id, params=items[i:i + 90])
+
+
+def end_run(uri: str, run_id: str, status: str) -> None:
+    _client(uri).set_terminated(run_id, status=status)
+
+
+class RunLogger:
+    """Metric/artifact writer for one run (used on rank 0 and by the driver). Buffers nothing: each call is a write."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri, self.run_id = uri, run_id
+        self.client = _client(uri)
+
+    def metrics(self, values: dict[str, float], step: int, prefix: str = "") -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(metric_key(prefix + k), float(v), ts, int(step)) for k, v in values.items()]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[i:i + 500])
+
+    def table(self, data: dict[str, list], artifact_file: str) -> None:
+        self.client.log_table(self.run_id, data=data, artifact_file=artifact_file)
+
+    def figure(self, fig, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, fig, artifact_file)
+
+    def text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def tag(self, key: str, value: str) -> None:
+        self.client.set_tag(self.run_id, key, value)
