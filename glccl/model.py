@@ -14,8 +14,11 @@ import torch
 from torch import nn
 
 from glccl.encoders import clip as clip_enc
+from glccl.encoders.clip import list_presets, preset_image_size
 from glccl.encoders.temporal import TemporalTransformer
 from glccl.encoders.weights import load_pretrained
+
+__all__ = ["GLCCL", "create_model", "create_model_from_config", "list_presets", "preset_image_size"]
 
 
 class GLCCL(nn.Module):
@@ -83,13 +86,13 @@ class GLCCL(nn.Module):
 
         Returns:
             dict with sentence ``[Bt, D]``, words ``[Bt, L, D]``, word_mask ``[Bt, L]``, frames ``[Bv, K, D]``
-            (after the temporal encoder), frame_mask ``[Bv, K]`` and logit_scale (λ = exp of the parameter, a scalar,
-            as open_clip's ``CLIP.forward`` returns it).
+            (after the temporal encoder), frame_mask ``[Bv, K]`` and logit_scale: the parameter itself, ln λ (unlike
+            open_clip's ``CLIP.forward``, which returns λ); ``glccl.losses.RetrievalLoss`` exponentiates and clamps it.
         """
         sentence, words, word_mask = self.encode_text(tokens)
         video, frame_mask = self.encode_video(frames, frame_mask)
         return {"sentence": sentence, "words": words, "word_mask": word_mask, "frames": video,
-                "frame_mask": frame_mask, "logit_scale": self.clip.logit_scale.exp()}
+                "frame_mask": frame_mask, "logit_scale": self.clip.logit_scale}
 
     def score(self, sentence: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor, frames: torch.Tensor,
               frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,13 +19,13 @@ def _no_decay(name: str, p: torch.Tensor) -> bool:
 
 
 def param_groups(model: nn.Module, lr: float, coef_lr: float, weight_decay: float) -> list[dict]:
-    """Four groups: {CLIP, rest} x {decay, no decay}. Parameters named ``clip.*`` are CLIP's."""
+    """Four groups: {CLIP, rest} x {decay, no decay}. Parameters named ``clip.*`` (logit_scale included) are CLIP's."""
     groups: dict[tuple[bool, bool], list[torch.Tensor]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         name = name.removeprefix("module.")
-        key = (name.startswith("clip.") and "logit_scale" not in name, _no_decay(name, p))
+        key = (name.startswith("clip."), _no_decay(name, p))  # clip.logit_scale too, as in the released code
         groups.setdefault(key, []).append(p)
     out = []
     for (is_clip, no_decay), params in sorted(groups.items()):

@@ -27,7 +27,7 @@ COLUMNS = ["t2v/R@1", "t2v/R@5", "t2v/R@10", "t2v/MdR", "t2v/MnR", "v2t/R@1", "v
 def ensure_synth(root: Path, seed: int = 0) -> None:
     from glccl.data import synth
 
-    if synth.is_complete(root):
+    if (root / "synth_meta.json").is_file():
         print(f"[demo] synthetic benchmark found in {root}")
         return
     print(f"[demo] generating the synthetic benchmark in {root} ...", flush=True)

@@ -19,7 +19,7 @@ import json
 import math
 import os
 import random
-import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -41,21 +41,46 @@ SELECT_METRIC = "t2v/R@1"
 # data
 
 
+def ensure_manifest(data_cfg, run_dir: Path) -> Path:
+    """The run's manifest: ``data.manifest`` if given, else built from ``data.root`` for the three splits."""
+    import pyarrow as pa
+
+    from glccl.data.manifest import build_manifest, write_manifest
+
+    if data_cfg.manifest:
+        return Path(data_cfg.manifest)
+    if data_cfg.dataset == "synth":
+        from pipelines.demo import ensure_synth
+
+        ensure_synth(Path(data_cfg.root))
+    splits = dict.fromkeys([data_cfg.train_split, data_cfg.val_split, data_cfg.test_split])
+    tables = [build_manifest(data_cfg.dataset, data_cfg.root, split, video_dir=data_cfg.video_dir) for split in splits]
+    path = run_dir / "manifest.parquet"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_manifest(pa.concat_tables(tables), path)
+    return path
+
+
 def prepare_data(cfg: RunConfig, storage: Path) -> dict[str, Any]:
     """Build (or reuse) the manifest, the Ray datasets and the evaluation texts for the run."""
     from pipelines import data as pdata
 
-    manifest = pdata.ensure_manifest(cfg.data, storage / cfg.name)
-    size = _image_size(cfg)
-    common = dict(num_frames=cfg.model.num_frames, size=size, max_words=cfg.model.max_words, data_cfg=cfg.data)
+    manifest = ensure_manifest(cfg.data, storage / cfg.name)
+    dc = cfg.data
+    common = dict(num_frames=cfg.model.num_frames, size=_image_size(cfg), max_words=cfg.model.max_words,
+                  decoder=dc.decoder, cache=dc.cache, num_cpus=dc.decode_cpus, timeout_s=dc.decode_timeout_s,
+                  strict=dc.strict)
     datasets = {
-        "train": pdata.video_dataset(manifest, cfg.data.train_split, train=True, mode="pairs", **common),
-        "val": pdata.video_dataset(manifest, cfg.data.val_split, train=False, mode="videos", **common),
-        "test": pdata.video_dataset(manifest, cfg.data.test_split, train=False, mode="videos", **common),
+        "train": pdata.video_dataset(manifest, dc.train_split, train=True, mode="pairs", seed=cfg.train.seed, **common),
+        "val": pdata.video_dataset(manifest, dc.val_split, train=False, mode="videos", **common),
+        "test": pdata.video_dataset(manifest, dc.test_split, train=False, mode="videos", **common),
     }
-    texts = {split: pdata.eval_texts(manifest, getattr(cfg.data, f"{split}_split"), cfg.model.max_words)
-             for split in ("val", "test")}
-    num_pairs = pdata.count_rows(manifest, cfg.data.train_split)
+    texts = {}
+    for key, split in (("val", dc.val_split), ("test", dc.test_split)):
+        tokens, t2v, captions, video_ids = pdata.eval_texts(manifest, split, cfg.model.max_words)
+        texts[key] = {"tokens": tokens.numpy(), "text_to_video": t2v.numpy(), "captions": captions,
+                      "video_ids": video_ids}
+    num_pairs = len(pdata.split_items(manifest, dc.train_split)["captions"])
     return {"datasets": datasets, "texts": texts, "num_train_pairs": num_pairs, "manifest": str(manifest)}
 
 
@@ -83,11 +108,11 @@ def _evaluate(model, split: str, texts: dict[str, Any], cfg: RunConfig, device) 
     """Distributed evaluation: each rank encodes its video shard and its slice of texts; features and score rows are
     gathered; the similarity matrix is built in blocks through the head (bounded memory)."""
     import ray.train
+    from glccl.metrics import retrieval_metrics
+    from glccl.similarity import similarity_matrix
 
     from glccl import distributed as gdist
     from glccl import engine
-    from glccl.metrics import retrieval_metrics
-    from glccl.similarity import similarity_matrix
 
     core = engine.unwrap(model)
     shard = ray.train.get_dataset_shard(split)
@@ -136,11 +161,11 @@ def _save_checkpoint(directory: Path, core, optimizer, scheduler, counters: dict
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
+    from glccl.losses import RetrievalLoss
     from tqdm import tqdm
 
     from glccl import distributed as gdist
     from glccl import engine
-    from glccl.losses import RetrievalLoss
     from glccl.model import create_model_from_config
     from glccl.optim import build_optimizer, build_scheduler
 
@@ -226,6 +251,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                      logit_scale_max=cfg.loss.logit_scale_max, device=device)
             step += 1
             n_batches += 1
+            _maybe_inject_fault(config.get("fault"), step, rank)
             bar.update(1)
             bar.set_postfix(loss=f"{logs['loss']:.3f}")
             if logger is not None:
@@ -262,6 +288,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     gdist.barrier()
 
 
+def _maybe_inject_fault(fault: dict[str, Any] | None, step: int, rank: int) -> None:
+    """Test hook (never set by configs): once per marker file, kill this worker process (SIGKILL) or raise at a step."""
+    if not fault or step != fault["at_step"] or rank != fault.get("rank", 0):
+        return
+    marker = Path(fault["marker"])
+    if marker.exists():
+        return
+    marker.write_text(f"{os.getpid()} step {step}")
+    if fault["kind"] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise RuntimeError(f"injected failure at step {step}")
+
+
 def _log_test_artifacts(logger: tracking.RunLogger, test: dict[str, float], info: dict[str, Any],
                         texts: dict[str, Any]) -> None:
     """Final metrics table, top-5 retrievals for sample queries, and the recall@K curve."""
@@ -269,7 +308,6 @@ def _log_test_artifacts(logger: tracking.RunLogger, test: dict[str, float], info
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from glccl.metrics import recall_at_k_curve
 
     logger.table({"metric": list(test), "value": [float(v) for v in test.values()]}, "metrics/test_metrics.json")
@@ -328,8 +366,13 @@ def local_cpus(cfg: RunConfig) -> int:
 
 
 def run(cfg: RunConfig, address: str | None = None, extra_tags: dict[str, str] | None = None,
-        parent_run_id: str | None = None) -> dict[str, Any]:
-    """Train, evaluate and track one run; returns its final metrics. Ends the MLflow run FINISHED or FAILED."""
+        parent_run_id: str | None = None, callbacks: list | None = None,
+        fault: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train, evaluate and track one run; returns its final metrics. Ends the MLflow run FINISHED or FAILED.
+
+    ``callbacks`` go to Ray Train's RunConfig (e.g. Tune's ``TuneReportCallback`` in a sweep trial); ``fault`` is a
+    test hook that kills or fails one worker once at a given step.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -351,13 +394,13 @@ def run(cfg: RunConfig, address: str | None = None, extra_tags: dict[str, str] |
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"cfg": to_dict(cfg), "run_id": run_id, "tracking_uri": uri,
-                               "texts": data["texts"], "num_train_pairs": data["num_train_pairs"]},
+                               "texts": data["texts"], "num_train_pairs": data["num_train_pairs"], "fault": fault},
             scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                                    resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
             run_config=ray.train.RunConfig(
                 name=cfg.name, storage_path=str(storage / "ray"),
                 failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2), callbacks=callbacks),
             datasets=data["datasets"],
         )
         result = trainer.fit()

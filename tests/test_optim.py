@@ -25,7 +25,7 @@ def test_param_groups_lr_and_decay():
     assert by_id[id(m.clip.proj.weight)] == "clip_decay"
     assert by_id[id(m.clip.proj.bias)] == "clip_nodecay"
     assert by_id[id(m.clip.ln_final.weight)] == "clip_nodecay"
-    assert by_id[id(m.clip.logit_scale)] == "new_nodecay"  # the temperature trains at lr, undecayed
+    assert by_id[id(m.clip.logit_scale)] == "clip_nodecay"  # a CLIP parameter, as in the released code
     assert by_id[id(m.head.weight)] == "new_decay"
     assert by_id[id(m.head.bias)] == by_id[id(m.norm.weight)] == "new_nodecay"
     assert groups["clip_decay"]["lr"] == pytest.approx(1e-7) and groups["new_decay"]["lr"] == 1e-4

@@ -13,6 +13,7 @@ from glccl.encoders.clip import (
     image_size,
     list_presets,
     normalize_frames,
+    preset_image_size,
     register_model_configs,
 )
 from glccl.encoders.temporal import TemporalTransformer
@@ -34,6 +35,7 @@ __all__ = [
     "list_presets",
     "load_pretrained",
     "normalize_frames",
+    "preset_image_size",
     "read_state_dict",
     "register_model_configs",
 ]

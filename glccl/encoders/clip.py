@@ -18,9 +18,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from glccl import _tv_compat  # noqa: F401  (must precede open_clip)
+from glccl import _tv_compat
 
-import open_clip  # noqa: E402, I001
+_tv_compat.ensure_torchvision_importable()  # before open_clip imports torchvision
+
+import open_clip  # noqa: E402
 
 # OpenAI CLIP pixel statistics (open_clip.constants.OPENAI_DATASET_MEAN / STD).
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -65,6 +67,14 @@ def register_model_configs() -> None:
     for path in sorted(_CONFIG_DIR.glob("glccl-*.json")):
         if path.stem not in known:
             open_clip.add_model_config(path)
+
+
+def preset_image_size(preset: str) -> int:
+    """Frame size (pixels, square) that ``preset`` expects, read from its config without building the model."""
+    register_model_configs()
+    cfg = open_clip.get_model_config(get_preset(preset).open_clip_name)
+    size = cfg["vision_cfg"]["image_size"]
+    return size[0] if isinstance(size, (tuple, list)) else int(size)
 
 
 def build_clip(preset: str = "tiny") -> nn.Module:

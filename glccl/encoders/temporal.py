@@ -15,9 +15,11 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from glccl import _tv_compat  # noqa: F401  (must precede open_clip)
+from glccl import _tv_compat
 
-from open_clip.transformer import QuickGELU, ResidualAttentionBlock  # noqa: E402, I001
+_tv_compat.ensure_torchvision_importable()  # before open_clip imports torchvision
+
+from open_clip.transformer import QuickGELU, ResidualAttentionBlock  # noqa: E402
 
 # Additive mask value for padded keys: exp(-1e6) is exactly 0 in fp32, and a fully padded video stays finite.
 _MASKED = -1e6

@@ -37,6 +37,8 @@ _NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size")
 _PREFIXES = ("module.", "_orig_mod.")
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 _HUB_TIMEOUT_S = 2.0
+# torch.save's pre-1.6 (non-zip) format starts with the pickled magic number 0x1950a86a20f9469cfc6c.
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
 
 
 class WeightsError(ValueError):
@@ -94,13 +96,21 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise WeightsError(f"{path}: corrupt TorchScript archive ({_first_line(e)})") from e
     else:
         is_zip = zipfile.is_zipfile(path)
+        with open(path, "rb") as f:
+            head = f.read(len(_LEGACY_TORCH_MAGIC))
+        if not is_zip and head[:4] == b"PK\x03\x04":
+            raise WeightsError(f"{path}: corrupt or truncated archive (a zip file without its central directory, "
+                               f"{size} bytes; an interrupted download or copy?)")
+        if not is_zip and head != _LEGACY_TORCH_MAGIC:
+            raise WeightsError(f"{path}: not a readable weight file (not a PyTorch, TorchScript or safetensors file; "
+                               f"{size} bytes of unknown format)")
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001
             msg = _first_line(e)
             if "zip archive" in msg or "central directory" in msg or (is_zip and "failed" in msg.lower()):
                 raise WeightsError(f"{path}: corrupt or truncated archive ({msg})") from e
-            if "weights_only" in msg or "Unsupported global" in msg:
+            if "weights_only" in msg or "weights only" in msg.lower() or "Unsupported global" in msg:
                 raise WeightsError(f"{path}: holds pickled objects other than tensors and plain containers, which "
                                    f"are not loaded for safety ({msg})") from e
             raise WeightsError(f"{path}: not a readable weight file (not a PyTorch, TorchScript or safetensors "
@@ -169,7 +179,8 @@ def load_state_dict_into(clip: nn.Module, sd: dict[str, torch.Tensor], source: s
     mismatched = [k for k in sd if k in target and sd[k].shape != target[k].shape]
     problems = []
     if mismatched:
-        k = mismatched[0]
+        # the patch embedding tells architectures apart best (width, patch size)
+        k = "visual.conv1.weight" if "visual.conv1.weight" in mismatched else mismatched[0]
         problems.append(f"{len(mismatched)} keys have mismatched shapes, e.g. {k}: file {_shape(sd[k])} vs model "
                         f"{_shape(target[k])}")
     if missing:

@@ -1,0 +1,555 @@
+"""The Ray Data pipeline: manifest -> decode + sample in ``map_batches`` -> Ray Train, or -> a parquet frame cache.
+
+Streaming (``video_dataset``)::
+
+    manifest rows of a split (one per caption)
+      -> items: one row per video-caption pair (mode="pairs", training) or per video (mode="videos", evaluation),
+         shuffled on the driver when training
+      -> map_batches(decode): decode K frames per item (resized at decode time, centre crop), tokenise captions;
+         bad items are dropped and logged to a SkipLog actor (strict: the first one fails the stream)
+      -> rows: frames uint8 [K,S,S,3], frame_mask bool [K], video_index int64 (+ tokens int64 [L], caption_index int64)
+
+The training loop normalises frames itself (``glccl.data.frames.normalize``), so only uint8 crosses the object store::
+
+    it = ray.train.get_dataset_shard("train").iter_torch_batches(batch_size=B, dtypes=TORCH_DTYPES)
+
+Frame cache (``prepare_cache``, ``glccl data prepare``): every video of a split decoded once into parquet files under
+``<cache>/<split>/`` (one row group per video, so a row can be read on its own), with ``index.parquet``, ``meta.json``
+and ``skipped.json``. ``video_dataset(..., cache=<cache>)`` then reads frames from it instead of decoding.
+
+How training samples frames from a cache: the cache stores ``cache_factor * K`` frames per video (default 3K) at the
+centres of 3K equal segments. At read time the usual K indices are drawn (training: a random frame in each of the K
+segments; evaluation: the segment centres) and each is snapped to the nearest cached frame. With an odd factor the
+middle cached frame of every segment *is* that segment's centre, so evaluation from a cache equals evaluation from the
+videos, and training picks one of ``cache_factor`` frames per segment at random. ``cache_factor=1`` caches exactly the
+K evaluation frames (training from it then sees fixed frames). Videos with at most ``cache_factor * K`` frames are
+cached whole.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from glccl.data.frames import decode_clip, pad_frames, sample_indices, snap_indices
+from glccl.data.manifest import read_manifest, select_split, video_order
+from glccl.data.report import BadInputError, SkipReport, VideoError
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = "glccl-frame-cache/1"
+PAIR_COLUMNS = ("frames", "frame_mask", "tokens", "video_index", "caption_index")
+VIDEO_COLUMNS = ("frames", "frame_mask", "video_index")
+
+
+def torch_dtypes(mode: str = "pairs") -> dict:
+    """``dtypes`` for ``iter_torch_batches``."""
+    import torch
+
+    d = {"frames": torch.uint8, "frame_mask": torch.bool, "video_index": torch.int64}
+    if mode == "pairs":
+        d.update(tokens=torch.int64, caption_index=torch.int64)
+    return d
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# local Ray (CLI, benchmark): a private instance, never another user's cluster
+
+
+def start_local_ray(num_cpus: int | None = None, object_store_mb: int | None = None) -> str | None:
+    """Start a private local Ray (own short temp dir, no dashboard, no address lookup) unless Ray is already
+    initialised in this process. Returns the temp dir to delete after ``ray.shutdown()``, or None."""
+    import ray
+
+    if ray.is_initialized():
+        return None
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.pop("RAY_ADDRESS", None)
+    tmp = tempfile.mkdtemp(prefix="glr", dir="/tmp")  # Ray's socket paths must stay short
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=tmp, log_to_driver=False,
+             configure_logging=False,
+             object_store_memory=int(object_store_mb * 2**20) if object_store_mb else None)
+    return tmp
+
+
+def stop_local_ray(tmp: str | None) -> None:
+    import ray
+
+    if tmp is None:
+        return
+    ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# skip log: bad items seen by the decode tasks, gathered in one small actor
+
+
+def _skip_actor_cls():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class _SkipActor:
+        def __init__(self):
+            self.items: dict[tuple[str, str], dict] = {}
+            self.events = 0
+
+        def add(self, entries: list[dict]) -> int:
+            for e in entries:
+                self.items.setdefault((e.get("file", ""), e.get("reason", "")), e)
+            self.events += len(entries)
+            return self.events
+
+        def get(self) -> tuple[list[dict], int]:
+            return list(self.items.values()), self.events
+
+    return _SkipActor
+
+
+class SkipLog:
+    """Collects the items a streaming dataset dropped (each bad file once, however many epochs saw it).
+
+    ``report(total)`` returns a :class:`SkipReport`; ``total`` is the number of items the stream should have had.
+    """
+
+    def __init__(self, stage: str = "stream", max_fraction: float = 0.01):
+        self.stage = stage
+        self.max_fraction = max_fraction
+        self.actor = _skip_actor_cls().remote()
+
+    def entries(self) -> list[dict]:
+        import ray
+
+        return ray.get(self.actor.get.remote())[0]
+
+    def report(self, total: int | None = None) -> SkipReport:
+        entries = self.entries()
+        rep = SkipReport(stage=self.stage, max_fraction=self.max_fraction)
+        rep.skipped = list(entries)
+        rep.ok = max(0, (total if total is not None else len(entries)) - len(entries))
+        return rep
+
+
+def _log_skips(skip_log, entries: list[dict]) -> None:
+    if not entries:
+        return
+    for e in entries:
+        log.warning("skipped %s: %s %s", e.get("file") or e.get("item"), e.get("reason"), e.get("detail", ""))
+    if skip_log is not None:
+        import ray
+
+        ray.get(skip_log.actor.add.remote(entries))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# items
+
+
+def _table(manifest) -> pa.Table:
+    return manifest if isinstance(manifest, pa.Table) else read_manifest(manifest)
+
+
+def split_items(manifest, split: str) -> dict:
+    """The rows of one split with their video and caption indices (the numbering every consumer shares)."""
+    t = select_split(_table(manifest), split)
+    if t.num_rows == 0:
+        raise ValueError(f"the manifest has no rows for split {split!r}")
+    vids, vpaths, row_video = video_order(t)
+    return {"table": t, "video_ids": vids, "video_paths": vpaths, "row_video_index": np.asarray(row_video, np.int64),
+            "captions": t["caption"].to_pylist()}
+
+
+def eval_texts(manifest, split: str, max_words: int = 32):
+    """Evaluation texts of a split as plain tensors.
+
+    Returns ``(tokens LongTensor [Nt, L], text_to_video LongTensor [Nt], captions list[str], video_ids list[str])``;
+    ``text_to_video[i]`` is the ``video_index`` (as in ``video_dataset`` rows) of caption ``i``'s video and
+    ``video_ids[j]`` is the id of video ``j``.
+    """
+    import torch
+
+    from glccl.tokenizer import tokenize
+
+    it = split_items(manifest, split)
+    tokens = tokenize(it["captions"], max_words)
+    return tokens, torch.as_tensor(it["row_video_index"], dtype=torch.int64), it["captions"], it["video_ids"]
+
+
+def _items(manifest, split: str, mode: str) -> pa.Table:
+    it = split_items(manifest, split)
+    t = it["table"]
+    if mode == "pairs":
+        return pa.table({
+            "video_path": t["video_path"], "video_id": t["video_id"],
+            "video_index": pa.array(it["row_video_index"], pa.int64()),
+            "caption_index": pa.array(np.arange(t.num_rows, dtype=np.int64)), "caption": t["caption"],
+        })
+    if mode == "videos":
+        return pa.table({"video_path": it["video_paths"], "video_id": it["video_ids"],
+                         "video_index": pa.array(np.arange(len(it["video_ids"]), dtype=np.int64))})
+    raise ValueError(f"mode must be 'pairs' or 'videos', got {mode!r}")
+
+
+def _blocks(table: pa.Table, rows: int) -> list[pa.Table]:
+    rows = max(1, rows)
+    return [table.slice(i, rows) for i in range(0, table.num_rows, rows)] or [table]
+
+
+def _task_memory(batch_size: int, num_frames: int, size: int) -> int:
+    """Memory reserved per decode task: a worker with torch/open_clip loaded (~0.5 GiB RSS) plus decoder buffers and
+    the output batch, with headroom."""
+    return int(max(768 * 2**20, 8 * batch_size * num_frames * size * size * 3))
+
+
+def _empty(num_frames: int, size: int, pairs: bool, max_words: int) -> dict[str, np.ndarray]:
+    out = {"frames": np.zeros((0, num_frames, size, size, 3), np.uint8), "frame_mask": np.zeros((0, num_frames), bool),
+           "video_index": np.zeros(0, np.int64)}
+    if pairs:
+        out["tokens"] = np.zeros((0, max_words), np.int64)
+        out["caption_index"] = np.zeros(0, np.int64)
+    return out
+
+
+def _finish(batch, keep: list[int], frames: list, masks: list, num_frames: int, size: int, max_words: int):
+    pairs = "caption" in batch
+    if not keep:
+        return _empty(num_frames, size, pairs, max_words)
+    out = {"frames": np.stack(frames), "frame_mask": np.stack(masks),
+           "video_index": np.asarray(batch["video_index"], np.int64)[keep]}
+    if pairs:
+        from glccl.tokenizer import tokenize
+
+        caps = [str(batch["caption"][i]) for i in keep]
+        out["tokens"] = tokenize(caps, max_words).numpy().astype(np.int64)
+        out["caption_index"] = np.asarray(batch["caption_index"], np.int64)[keep]
+    return out
+
+
+def _rng(seed, batch) -> np.random.Generator:
+    if seed is None:
+        return np.random.default_rng()
+    key = int(batch["caption_index"][0]) if "caption_index" in batch else int(batch["video_index"][0])
+    return np.random.default_rng([int(seed), key])
+
+
+def _decode_batch(batch: dict, *, num_frames: int, size: int, train: bool, max_words: int, decoder: str,
+                  timeout_s: float, strict: bool, seed, skip_log) -> dict:
+    rng = _rng(seed, batch)
+    keep, frames, masks, skips = [], [], [], []
+    for i, path in enumerate(batch["video_path"]):
+        path = str(path)
+        try:
+            clip = decode_clip(path, num_frames, size, train=train, rng=rng, decoder=decoder, timeout_s=timeout_s)
+        except VideoError as e:
+            if strict:
+                raise BadInputError(f"bad input (strict mode): {e}") from None
+            skips.append({"item": str(batch["video_id"][i]), "reason": e.reason, "detail": e.detail, "file": path})
+            continue
+        f, m = pad_frames(clip.frames, num_frames)
+        keep.append(i)
+        frames.append(f)
+        masks.append(m)
+    _log_skips(skip_log, skips)
+    return _finish(batch, keep, frames, masks, num_frames, size, max_words)
+
+
+_PQ_FILES: OrderedDict[str, pq.ParquetFile] = OrderedDict()
+
+
+def _parquet_file(path: str) -> pq.ParquetFile:
+    pf = _PQ_FILES.get(path)
+    if pf is None:
+        pf = pq.ParquetFile(path)
+        _PQ_FILES[path] = pf
+        while len(_PQ_FILES) > 32:
+            _PQ_FILES.popitem(last=False)
+    else:
+        _PQ_FILES.move_to_end(path)
+    return pf
+
+
+def read_cache_row(path: str, row_group: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(frames uint8 [M, S, S, 3], frame_index int64 [M], num_total)`` of one cached video."""
+    t = _parquet_file(path).read_row_group(row_group, columns=["frames", "frame_index", "num_total", "size"])
+    size = t["size"][0].as_py()
+    idx = np.asarray(t["frame_index"][0].as_py(), np.int64)
+    frames = np.frombuffer(t["frames"][0].as_buffer(), np.uint8).reshape(len(idx), size, size, 3)
+    return frames, idx, int(t["num_total"][0].as_py())
+
+
+def frames_from_cache(frames: np.ndarray, frame_index: np.ndarray, num_total: int, num_frames: int, train: bool,
+                      rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sample K frames out of a cached video as if decoding it (see the module docstring)."""
+    wanted = sample_indices(num_total, num_frames, train, rng)
+    pos = snap_indices(wanted, frame_index)
+    return pad_frames(frames[pos], num_frames)
+
+
+def _cache_batch(batch: dict, *, num_frames: int, size: int, train: bool, max_words: int, seed) -> dict:
+    rng = _rng(seed, batch)
+    frames, masks = [], []
+    for path, rg in zip(batch["cache_file"], batch["cache_row_group"]):
+        f, idx, n = read_cache_row(str(path), int(rg))
+        f, m = frames_from_cache(f, idx, n, num_frames, train, rng)
+        frames.append(f)
+        masks.append(m)
+    return _finish(batch, list(range(len(frames))), frames, masks, num_frames, size, max_words)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the streaming dataset
+
+
+def video_dataset(manifest, split: str, *, num_frames: int, size: int, train: bool, max_words: int = 32,
+                  mode: str = "pairs", decoder: str = "decord", cache: str | os.PathLike | None = None,
+                  batch_size: int = 16, num_cpus: float = 1.0, memory: int | None = None, timeout_s: float = 60.0,
+                  shuffle: bool | None = None, seed: int | None = None, strict: bool = False,
+                  skip_log: SkipLog | None = None, concurrency: int | None = None):
+    """A ``ray.data.Dataset`` of decoded clips for one split (see the module docstring for the row layout).
+
+    ``mode="pairs"``: one row per video-caption pair (training); ``mode="videos"``: one row per video (evaluation; get
+    the texts from :func:`eval_texts`). ``shuffle`` (default: ``train``) permutes the items on the driver and
+    randomises the block order on every execution, so each epoch sees a new order; ``seed`` makes order and frame
+    sampling reproducible. Bad videos are dropped and recorded in ``skip_log`` (also attached to the dataset as
+    ``ds.skip_log``); ``strict=True`` fails the stream at the first one. With ``cache`` frames are read from a frame
+    cache written by :func:`prepare_cache` (videos absent from the cache are skipped, having been reported there).
+    """
+    import ray
+
+    items = _items(manifest, split, mode)
+    shuffle = train if shuffle is None else shuffle
+    total = items.num_rows
+    if skip_log is None:
+        skip_log = SkipLog(stage=f"stream {split}/{mode}")
+    cache_dir = None
+    if cache is not None:
+        cache_dir = Path(cache) / split
+        meta = read_cache_meta(cache, split)
+        if meta["size"] != size:
+            raise ValueError(f"frame cache {cache_dir} holds {meta['size']}px frames, {size}px requested: prepare a "
+                             f"cache at this size")
+        index = pq.read_table(cache_dir / "index.parquet").to_pydict()
+        where = {v: (str(cache_dir / f), int(rg)) for v, f, rg in zip(index["video_id"], index["file"],
+                                                                        index["row_group"])}
+        vids = items["video_id"].to_pylist()
+        present = np.array([v in where for v in vids], dtype=bool)
+        if not present.all():
+            missing = sorted({v for v, p in zip(vids, present) if not p})
+            log.warning("%d of %d videos of split %s are not in the frame cache (skipped when it was prepared)",
+                        len(missing), len(set(vids)), split)
+            _log_skips(skip_log, [{"item": v, "reason": "not_in_cache", "detail": f"see {cache_dir}/skipped.json",
+                                   "file": ""} for v in missing])
+            items = items.filter(pa.array(present))
+        vids = items["video_id"].to_pylist()
+        items = items.append_column("cache_file", pa.array([where[v][0] for v in vids], pa.string()))
+        items = items.append_column("cache_row_group", pa.array([where[v][1] for v in vids], pa.int64()))
+    if shuffle:
+        perm = np.random.default_rng(seed).permutation(items.num_rows)
+        items = items.take(pa.array(perm))
+    if items.num_rows == 0:
+        raise ValueError(f"split {split!r} has no usable item")
+    ds = ray.data.from_arrow(_blocks(items, batch_size))
+    if shuffle and seed is None:
+        ds = ds.randomize_block_order()
+    common = {"num_frames": num_frames, "size": size, "train": train, "max_words": max_words, "seed": seed}
+    remote = {"num_cpus": num_cpus, "memory": memory if memory is not None else _task_memory(batch_size, num_frames,
+                                                                                              size)}
+    if concurrency is not None:
+        remote["concurrency"] = concurrency
+    if cache_dir is not None:
+        ds = ds.map_batches(_cache_batch, batch_size=batch_size, batch_format="numpy", fn_kwargs=common, **remote)
+    else:
+        ds = ds.map_batches(_decode_batch, batch_size=batch_size, batch_format="numpy",
+                            fn_kwargs={**common, "decoder": decoder, "timeout_s": timeout_s, "strict": strict,
+                                       "skip_log": skip_log}, **remote)
+    ds.skip_log = skip_log  # type: ignore[attr-defined]
+    ds.expected_items = total  # type: ignore[attr-defined]
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# frame cache
+
+
+_CACHE_SCHEMA = pa.schema([
+    ("video_id", pa.string()),
+    ("video_index", pa.int64()),
+    ("num_total", pa.int64()),
+    ("size", pa.int32()),
+    ("frame_index", pa.list_(pa.int32())),
+    ("frames", pa.binary()),
+])
+
+
+def _prepare_batch(batch: dict, *, num_frames: int, size: int, decoder: str, timeout_s: float) -> pa.Table:
+    rows = {k: [] for k in ("video_id", "video_index", "video_path", "ok", "reason", "detail", "num_total",
+                            "frame_index", "frames")}
+    for vid, vidx, path in zip(batch["video_id"], batch["video_index"], batch["video_path"]):
+        rows["video_id"].append(str(vid))
+        rows["video_index"].append(int(vidx))
+        rows["video_path"].append(str(path))
+        try:
+            clip = decode_clip(str(path), num_frames, size, train=False, decoder=decoder, timeout_s=timeout_s)
+            f = clip.frames
+            if f.dtype != np.uint8 or f.shape[1:] != (size, size, 3) or len(f) != len(clip.indices) or len(f) == 0:
+                raise VideoError(str(path), "invalid_frames", f"array {f.dtype} {tuple(f.shape)}")
+            rows["ok"].append(True)
+            rows["reason"].append("")
+            rows["detail"].append("")
+            rows["num_total"].append(int(clip.num_total))
+            rows["frame_index"].append(clip.indices.astype(np.int32).tolist())
+            rows["frames"].append(np.ascontiguousarray(f).tobytes())
+        except VideoError as e:
+            rows["ok"].append(False)
+            rows["reason"].append(e.reason)
+            rows["detail"].append(e.detail)
+            rows["num_total"].append(0)
+            rows["frame_index"].append([])
+            rows["frames"].append(b"")
+    return pa.table({
+        "video_id": pa.array(rows["video_id"], pa.string()), "video_index": pa.array(rows["video_index"], pa.int64()),
+        "video_path": pa.array(rows["video_path"], pa.string()), "ok": pa.array(rows["ok"], pa.bool_()),
+        "reason": pa.array(rows["reason"], pa.string()), "detail": pa.array(rows["detail"], pa.string()),
+        "num_total": pa.array(rows["num_total"], pa.int64()),
+        "frame_index": pa.array(rows["frame_index"], pa.list_(pa.int32())),
+        "frames": pa.array(rows["frames"], pa.binary()),
+    })
+
+
+def read_cache_meta(cache: str | os.PathLike, split: str) -> dict:
+    path = Path(cache) / split / "meta.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no frame cache for split {split!r} under {cache} ({path} missing): run "
+                                f"`glccl data prepare`")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != CACHE_FORMAT:
+        raise ValueError(f"{path}: not a {CACHE_FORMAT} cache")
+    return meta
+
+
+def prepare_cache(manifest, splits, out_dir: str | os.PathLike, *, num_frames: int, size: int, cache_factor: int = 3,
+                  decoder: str = "decord", timeout_s: float = 60.0, strict: bool = False,
+                  max_skip_fraction: float = 0.01, batch_size: int = 8, num_cpus: float = 1.0,
+                  memory: int | None = None, rows_per_file: int = 256, progress: bool = True) -> dict:
+    """Decode every video of ``splits`` once and write the parquet frame cache under ``out_dir/<split>/``.
+
+    Bad videos are skipped and listed in ``out_dir/<split>/skipped.json`` (strict: :class:`BadInputError` at the first
+    one, and nothing is written). Frames are validated before writing (dtype, shape, count): a row never holds garbage.
+    Each split is written to a temporary folder and moved into place when complete. Returns a summary dict with one
+    entry per split, including ``exceeded`` (skipped share above ``max_skip_fraction``).
+    """
+    import ray
+
+    if isinstance(splits, str):
+        splits = [splits]
+    table = _table(manifest)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    m = num_frames * cache_factor
+    ctx = ray.data.DataContext.get_current()
+    old_bars = ctx.enable_progress_bars
+    summary: dict = {"out_dir": str(out), "splits": {}}
+    try:
+        if progress:
+            ctx.enable_progress_bars = False
+        for split in splits:
+            summary["splits"][split] = _prepare_split(
+                table, split, out, m=m, num_frames=num_frames, size=size, cache_factor=cache_factor, decoder=decoder,
+                timeout_s=timeout_s, strict=strict, max_skip_fraction=max_skip_fraction, batch_size=batch_size,
+                num_cpus=num_cpus, memory=memory, rows_per_file=rows_per_file, progress=progress)
+    finally:
+        ctx.enable_progress_bars = old_bars
+    summary["items"] = sum(s["videos"] for s in summary["splits"].values())
+    summary["skipped"] = sum(s["skipped"] for s in summary["splits"].values())
+    summary["exceeded"] = any(s["exceeded"] for s in summary["splits"].values())
+    return summary
+
+
+def _prepare_split(table, split, out: Path, *, m, num_frames, size, cache_factor, decoder, timeout_s, strict,
+                   max_skip_fraction, batch_size, num_cpus, memory, rows_per_file, progress) -> dict:
+    import ray
+
+    t0 = time.perf_counter()
+    items = _items(table, split, "videos")
+    n = items.num_rows
+    report = SkipReport(stage=f"prepare {split}", strict=strict, max_fraction=max_skip_fraction)
+    final = out / split
+    tmp = out / f".{split}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    ds = ray.data.from_arrow(_blocks(items, batch_size)).map_batches(
+        _prepare_batch, batch_size=batch_size, batch_format="numpy",
+        fn_kwargs={"num_frames": m, "size": size, "decoder": decoder, "timeout_s": timeout_s},
+        num_cpus=num_cpus, memory=memory if memory is not None else _task_memory(batch_size, m, size))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, desc=f"prepare {split}", unit="video", dynamic_ncols=True)
+    index = {"video_id": [], "video_index": [], "file": [], "row_group": [], "num_total": [], "num_cached": []}
+    writer, file_no, in_file, nbytes = None, -1, 0, 0
+    try:
+        for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for row in block.to_pylist():
+                if bar is not None:
+                    bar.update(1)
+                if not row["ok"]:
+                    report.skip(row["video_id"], row["reason"], row["detail"], row["video_path"])  # strict: raises
+                    continue
+                if writer is None or in_file >= rows_per_file:
+                    if writer is not None:
+                        writer.close()
+                    file_no += 1
+                    in_file = 0
+                    writer = pq.ParquetWriter(tmp / f"part-{file_no:05d}.parquet", _CACHE_SCHEMA, compression="zstd")
+                writer.write_table(pa.table({
+                    "video_id": [row["video_id"]], "video_index": [row["video_index"]],
+                    "num_total": [row["num_total"]], "size": pa.array([size], pa.int32()),
+                    "frame_index": pa.array([row["frame_index"]], pa.list_(pa.int32())),
+                    "frames": pa.array([row["frames"]], pa.binary())}, schema=_CACHE_SCHEMA))
+                index["video_id"].append(row["video_id"])
+                index["video_index"].append(row["video_index"])
+                index["file"].append(f"part-{file_no:05d}.parquet")
+                index["row_group"].append(in_file)
+                index["num_total"].append(row["num_total"])
+                index["num_cached"].append(len(row["frame_index"]))
+                in_file += 1
+                nbytes += len(row["frames"])
+                report.add_ok()
+        if writer is not None:
+            writer.close()
+            writer = None
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    pq.write_table(pa.table(index, schema=pa.schema([
+        ("video_id", pa.string()), ("video_index", pa.int64()), ("file", pa.string()), ("row_group", pa.int64()),
+        ("num_total", pa.int64()), ("num_cached", pa.int64())])), tmp / "index.parquet")
+    elapsed = time.perf_counter() - t0
+    report.write(tmp / "skipped.json")
+    meta = {"format": CACHE_FORMAT, "split": split, "num_frames": num_frames, "size": size,
+            "cache_factor": cache_factor, "frames_per_video": m, "videos": report.ok, "skipped": report.num_skipped,
+            "decoder": decoder, "frame_bytes": nbytes, "seconds": round(elapsed, 2),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return {"videos": n, "written": report.ok, "skipped": report.num_skipped, "exceeded": report.exceeded,
+            "seconds": round(elapsed, 2), "videos_per_s": round(n / elapsed, 2) if elapsed > 0 else None,
+            "frame_bytes": nbytes, "report": str(final / "skipped.json"), "summary": report.summary(),
+            "by_reason": report.by_reason()}

@@ -1,0 +1,337 @@
+"""``glccl sweep``: Ray Tune sweeps over dotted config keys, with one MLflow parent run per sweep and a child per trial.
+
+    glccl sweep --config sweeps/demo.yaml                       # launch (live table of trials)
+    glccl sweep --config sweeps/demo.yaml samples=6 base.train.epochs=2
+    glccl sweep --resume demo-sweep                             # continue an interrupted sweep (Tuner.restore)
+    glccl runs --sweep demo-sweep                               # compare its trials
+
+A sweep file is a base run config plus a search space over the same dotted keys as ``key=value`` overrides:
+
+    name: demo-sweep
+    base: ../configs/demo.yaml          # path (relative to this file) or an inline mapping
+    overrides: [train.epochs=3]         # applied to the base
+    space:
+      loss.eta: {type: uniform, low: 0.1, high: 0.9}
+      model.num_frames: {type: choice, values: [8, 12]}
+      train.lr: {type: loguniform, low: 3.0e-4, high: 3.0e-3}
+    metric: val/t2v/R@1
+    mode: max
+    samples: 4
+    time_budget_s: 0                    # 0: no limit
+    scheduler: {type: asha, grace_period: 1, reduction_factor: 2}   # or {type: fifo}
+    search: random                      # random | grid | optuna (when installed)
+
+Each trial runs a ``TorchTrainer`` (the Train V2 pattern with ``TuneReportCallback``) named ``<sweep>-<trial id>``, so a
+retried or restored trial resumes its own checkpoints and MLflow run instead of creating a new one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from glccl.config import ConfigError, RunConfig, _deepcopy, flatten, from_dict, read_yaml, set_dotted, to_dict
+
+DIST_TYPES = {"uniform": ("low", "high"), "loguniform": ("low", "high"), "choice": ("values",),
+              "grid": ("values",), "randint": ("low", "high")}
+
+
+@dataclass
+class SweepConfig:
+    name: str
+    base: dict[str, Any]
+    space: dict[str, dict[str, Any]]
+    metric: str = "val/t2v/R@1"
+    mode: str = "max"
+    samples: int = 4
+    time_budget_s: float = 0.0
+    scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "asha", "grace_period": 1, "reduction_factor": 2})
+    search: str = "random"
+    max_concurrent: int = 0
+    """0: derived from the cluster's CPUs (or GPUs) and one trial's needs."""
+    source: str = ""
+
+    def run_config(self, values: dict[str, Any] | None = None, name: str | None = None) -> RunConfig:
+        data = _deepcopy(self.base)
+        for key, value in (values or {}).items():
+            set_dotted(data, key, value)
+        if name:
+            data["name"] = name
+        return from_dict(RunConfig, data)
+
+
+_SWEEP_KEYS = {"name", "base", "overrides", "space", "metric", "mode", "samples", "time_budget_s", "scheduler",
+               "search", "max_concurrent"}
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
+    """Read and validate a sweep file; every error names the key (and the file)."""
+    from glccl.config import load_config, parse_override
+
+    path = Path(path)
+    raw = read_yaml(path)
+    for item in overrides or []:
+        key, value = parse_override(item)
+        if key.startswith("base."):
+            raw.setdefault("overrides", []).append(f"{key[5:]}={json.dumps(value) if not isinstance(value, str) else value}")
+        else:
+            set_dotted(raw, key, value)
+    where = f"sweep file {path}"
+    unknown = set(raw) - _SWEEP_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{sorted(unknown)[0]}' (known: {', '.join(sorted(_SWEEP_KEYS))})")
+    for key in ("name", "space"):
+        if key not in raw:
+            raise ConfigError(f"{where}: missing key '{key}'")
+    base = raw.get("base") or {}
+    if isinstance(base, str):
+        base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+        if not base_path.is_file() and Path(base).is_file():
+            base_path = Path(base)
+        base = read_yaml(base_path)
+    if not isinstance(base, dict):
+        raise ConfigError(f"{where}: key 'base' must be a config path or mapping")
+    base_cfg = load_config(base, [str(o) for o in raw.get("overrides") or []])
+    space = raw["space"]
+    if not isinstance(space, dict) or not space:
+        raise ConfigError(f"{where}: key 'space' is empty: give at least one dotted config key to search over")
+    known = set(flatten(to_dict(base_cfg)))
+    for key, spec in space.items():
+        if key not in known:
+            raise ConfigError(f"{where}: space key '{key}' is not a config key (e.g. loss.eta, train.lr, model.num_frames)")
+        _check_dist(where, key, spec)
+    sweep = SweepConfig(name=str(raw["name"]), base=to_dict(base_cfg), space=space, source=str(path.resolve()),
+                        **{k: raw[k] for k in ("metric", "mode", "samples", "time_budget_s", "scheduler", "search",
+                                               "max_concurrent") if k in raw})
+    if sweep.mode not in ("max", "min"):
+        raise ConfigError(f"{where}: key 'mode' must be max or min, got {sweep.mode!r}")
+    if not isinstance(sweep.samples, int) or sweep.samples < 1:
+        raise ConfigError(f"{where}: key 'samples' must be a positive integer")
+    if sweep.search not in ("random", "grid", "optuna"):
+        raise ConfigError(f"{where}: key 'search' must be random, grid or optuna, got {sweep.search!r}")
+    if sweep.scheduler.get("type", "asha") not in ("asha", "fifo"):
+        raise ConfigError(f"{where}: key 'scheduler.type' must be asha or fifo")
+    # every value the space can produce must make a valid run config
+    for key, spec in space.items():
+        for value in _corner_values(spec):
+            try:
+                sweep.run_config({key: value})
+            except ConfigError as e:
+                raise ConfigError(f"{where}: space key '{key}' can produce an invalid value {value!r}: {e}") from e
+    return sweep
+
+
+def _check_dist(where: str, key: str, spec: Any) -> None:
+    if not isinstance(spec, dict) or spec.get("type") not in DIST_TYPES:
+        raise ConfigError(f"{where}: space key '{key}' needs a mapping with type one of {sorted(DIST_TYPES)}")
+    for arg in DIST_TYPES[spec["type"]]:
+        if arg not in spec:
+            raise ConfigError(f"{where}: space key '{key}' ({spec['type']}) is missing '{arg}'")
+    if spec["type"] in ("choice", "grid"):
+        if not isinstance(spec["values"], list) or not spec["values"]:
+            raise ConfigError(f"{where}: space key '{key}' has an empty list of values")
+    else:
+        lo, hi = float(spec["low"]), float(spec["high"])
+        if not lo < hi:
+            raise ConfigError(f"{where}: space key '{key}' needs low < high, got {lo} and {hi}")
+        if spec["type"] == "loguniform" and lo <= 0:
+            raise ConfigError(f"{where}: space key '{key}' is loguniform and needs low > 0")
+
+
+def _corner_values(spec: dict[str, Any]) -> list[Any]:
+    if spec["type"] in ("choice", "grid"):
+        return list(spec["values"])
+    if spec["type"] == "randint":
+        return [int(spec["low"]), int(spec["high"]) - 1]
+    return [float(spec["low"]), float(spec["high"])]
+
+
+def tune_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    from ray import tune
+
+    out = {}
+    for key, spec in space.items():
+        t = spec["type"]
+        if t == "uniform":
+            out[key] = tune.uniform(float(spec["low"]), float(spec["high"]))
+        elif t == "loguniform":
+            out[key] = tune.loguniform(float(spec["low"]), float(spec["high"]))
+        elif t == "randint":
+            out[key] = tune.randint(int(spec["low"]), int(spec["high"]))
+        elif t == "choice":
+            out[key] = tune.choice(list(spec["values"]))
+        else:
+            out[key] = tune.grid_search(list(spec["values"]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _trial(values: dict[str, Any], sweep: dict[str, Any], parent_run_id: str) -> None:
+    """One trial: a TorchTrainer run named after the trial id, reporting to Tune and to its MLflow child run."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipelines import train
+
+    sc = SweepConfig(**sweep)
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg = sc.run_config(values, name=f"{sc.name}-{trial_id}")
+    train.run(cfg, parent_run_id=parent_run_id, callbacks=[TuneReportCallback()],
+              extra_tags={"glccl.sweep": sc.name, "glccl.trial_id": trial_id,
+                          **{f"sweep.{k}": str(v) for k, v in values.items()}})
+
+
+def trial_cpus(cfg: RunConfig) -> float:
+    """CPUs one trial occupies: its training workers plus one for Ray Data decoding."""
+    return cfg.train.num_workers * cfg.train.cpus_per_worker + 1.0
+
+
+def sweep_dir(storage: Path, name: str) -> Path:
+    return storage / "tune" / name
+
+
+def run_sweep(sweep: SweepConfig, address: str | None = None, resume: bool = False) -> dict[str, Any]:
+    import ray
+    from ray import tune
+
+    from pipelines import tracking
+    from pipelines.train import init_ray
+
+    base = sweep.run_config()
+    storage = Path(base.storage).resolve()
+    tdir = sweep_dir(storage, sweep.name)
+    need = trial_cpus(base)
+    init_ray(address, num_cpus=max(2, int(math.ceil(need)) + 1))
+    uri = tracking.default_tracking_uri(storage)
+    tracking.ensure_experiment(uri, base.experiment)  # once, from the driver: SQLite allows one schema writer
+    parent_id, resumed = tracking.start_or_resume_run(
+        uri, base.experiment, sweep.name, {f"space.{k}": json.dumps(v) for k, v in sweep.space.items()},
+        tags={"glccl.sweep_parent": "1"})
+    parent = tracking.RunLogger(uri, parent_id)
+    if not resumed:
+        parent.text(yaml.safe_dump(dataclasses.asdict(sweep), sort_keys=False), "sweep/sweep.yaml")
+    tdir.parent.mkdir(parents=True, exist_ok=True)
+    (tdir.parent / f"{sweep.name}.sweep.json").write_text(json.dumps(dataclasses.asdict(sweep)))
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, sweep=dataclasses.asdict(sweep), parent_run_id=parent_id), {"CPU": 0})
+    status = "FAILED"
+    try:
+        if resume:
+            tuner = tune.Tuner.restore(str(tdir), trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            cpus = ray.cluster_resources().get("CPU", 1)
+            concurrent = sweep.max_concurrent or max(1, int(cpus // need))
+            tuner = tune.Tuner(
+                trainable,
+                param_space=tune_space(sweep.space),
+                tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, num_samples=sweep.samples,
+                                            scheduler=_scheduler(sweep), search_alg=_search(sweep),
+                                            max_concurrent_trials=concurrent,
+                                            time_budget_s=sweep.time_budget_s or None),
+                run_config=tune.RunConfig(name=sweep.name, storage_path=str(tdir.parent)),
+            )
+        grid = tuner.fit()
+        summary = _summarise(grid, sweep, parent)
+        status = "FINISHED"
+        return summary
+    finally:
+        tracking.end_run(uri, parent_id, status)
+
+
+def _scheduler(sweep: SweepConfig):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    spec = dict(sweep.scheduler)
+    if spec.pop("type", "asha") == "fifo":
+        return FIFOScheduler()
+    base = sweep.run_config()
+    return ASHAScheduler(max_t=spec.pop("max_t", base.train.epochs + 1), grace_period=spec.pop("grace_period", 1),
+                         reduction_factor=spec.pop("reduction_factor", 2))
+
+
+def _search(sweep: SweepConfig):
+    if sweep.search != "optuna":
+        return None  # random sampling / grid_search via the param space
+    try:
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError as e:
+        raise ConfigError("sweep key 'search': optuna is not installed (pip install optuna)") from e
+    return OptunaSearch()
+
+
+def _summarise(grid, sweep: SweepConfig, parent) -> dict[str, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = grid.get_dataframe()
+    cols = [c for c in df.columns if c.startswith("config/") or c.startswith("val/") or c.startswith("test/")
+            or c in ("trial_id", "training_iteration")]
+    df = df[cols]
+    parent.text(df.to_csv(index=False), "sweep/trials.csv")
+    out: dict[str, Any] = {"trials": len(df)}
+    try:
+        best = grid.get_best_result(metric=sweep.metric, mode=sweep.mode, scope="all")
+        best_values = {k: v for k, v in best.config.items()}
+        best_metrics = {k: v for k, v in (best.metrics or {}).items() if isinstance(v, (int, float))}
+        parent.text(yaml.safe_dump({"config": best_values, "metrics": best_metrics}, sort_keys=False), "sweep/best.yaml")
+        parent.metrics({f"best/{k}": v for k, v in best_metrics.items() if "/" in k}, step=0)
+        for k, v in best_values.items():
+            parent.tag(f"best.{k}", str(v))
+        out.update(best_config=best_values, best_metrics=best_metrics)
+    except RuntimeError:
+        out.update(best_config=None, best_metrics=None)
+    keys = [f"config/{k}" for k in sweep.space if f"config/{k}" in df.columns]
+    metric_col = sweep.metric if sweep.metric in df.columns else None
+    if keys and metric_col:
+        fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+        for ax, key in zip(axes[0], keys):
+            ax.scatter(df[key], df[metric_col])
+            ax.set_xlabel(key.removeprefix("config/"))
+            ax.set_ylabel(sweep.metric)
+            if sweep.space[key.removeprefix("config/")]["type"] == "loguniform":
+                ax.set_xscale("log")
+        fig.tight_layout()
+        parent.figure(fig, "sweep/metric_vs_params.png")
+        plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="glccl sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--config", help="sweep file (sweeps/*.yaml)")
+    g.add_argument("--resume", metavar="NAME", help="continue the interrupted sweep NAME")
+    p.add_argument("--storage", default="runs", help="with --resume: the runs/ folder of the sweep")
+    p.add_argument("--address", default=None)
+    p.add_argument("overrides", nargs="*", help="sweep keys (samples=6) or base config keys (base.train.epochs=2)")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.resume:
+            saved = Path(args.storage).resolve() / "tune" / f"{args.resume}.sweep.json"
+            if not saved.is_file():
+                raise ConfigError(f"no sweep named {args.resume!r} under {saved.parent}")
+            sweep = SweepConfig(**json.loads(saved.read_text()))
+        else:
+            sweep = load_sweep(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"glccl sweep: {e}", file=sys.stderr)
+        return 2
+    out = run_sweep(sweep, address=args.address, resume=bool(args.resume))
+    print(json.dumps(out, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
