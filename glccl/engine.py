@@ -30,6 +30,13 @@ def autocast_for(device: torch.device, enabled: bool = True):
     return contextlib.nullcontext()
 
 
+def channels_first(frames: torch.Tensor) -> torch.Tensor:
+    """Frames from the data pipeline are ``[B, K, H, W, 3]`` (uint8, as decoded); the model takes ``[B, K, 3, H, W]``."""
+    if frames.ndim == 5 and frames.shape[-1] == 3 and frames.shape[2] != 3:
+        return frames.permute(0, 1, 4, 2, 3)
+    return frames
+
+
 def gather_features(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """All-gather the per-rank features into the global batch (features keep autograd; masks don't need it)."""
     if gdist.world_size() == 1:
@@ -46,9 +53,12 @@ def gather_features(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def compute_losses(model: nn.Module, loss_fn: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Forward on the local batch, gather to the global batch, score and compute every loss term."""
-    out = model(batch["tokens"], batch["frames"], batch.get("frame_mask"))
+    out = model(batch["tokens"], channels_first(batch["frames"]), batch.get("frame_mask"))
     feats = gather_features(out)
     core = unwrap(model)
+    if not getattr(core, "mask_padding", True):  # the released code's behaviour: padding takes part everywhere
+        feats["word_mask"] = torch.ones_like(feats["word_mask"])
+        feats["frame_mask"] = torch.ones_like(feats["frame_mask"])
     score, parts = core.score(**feats)
     losses = dict(loss_fn(score.float(), parts.float(), out["logit_scale"]))
     aux = core.head.aux_losses(**feats) if hasattr(core.head, "aux_losses") else {}
@@ -78,7 +88,7 @@ def train_step(model: nn.Module, loss_fn: nn.Module, batch: dict[str, torch.Tens
         core.logit_scale.clamp_(max=math.log(logit_scale_max))
     logs = {k: float(v.detach()) for k, v in losses.items()}
     logs["grad_norm"] = float(gnorm)
-    logs["logit_scale"] = float(core.logit_scale.exp())
+    logs["logit_scale"] = float(core.logit_scale.detach().exp())
     for g in optimizer.param_groups:
         logs[f"lr/{g.get('name', 'group')}"] = g["lr"]
     return logs
@@ -112,7 +122,7 @@ def encode_videos(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
     feats, masks, index = [], [], []
     for b in batches:
         with autocast_for(device):
-            f, m = core.encode_video(b["frames"].to(device), b["frame_mask"].to(device))
+            f, m = core.encode_video(channels_first(b["frames"]).to(device), b["frame_mask"].to(device))
         feats.append(f.float().cpu())
         masks.append(m.cpu())
         index.append(b["video_index"].cpu().long())

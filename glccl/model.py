@@ -148,12 +148,14 @@ def create_model(preset: str = "tiny", pretrained: str | None = None, head: str 
         raise ValueError(f"max_words={max_words} exceeds the text context length {clip.positional_embedding.shape[0]}")
     if pretrained:
         load_pretrained(clip, pretrained, model_name=p.open_clip_name)
-    temporal = TemporalTransformer.from_clip(clip, layers=temporal_layers, max_positions=max(77, num_frames))
     from glccl.heads import build_head  # lazy: the heads package is independent of the encoders
 
     dim = clip_enc.embed_dim(clip)
     head_module = build_head(head, num_words=max_words, num_frames=num_frames, dim=dim, temperature=glim_temperature,
                              **head_kwargs)
+    if not getattr(head_module, "uses_temporal", True):
+        temporal_layers = 0  # e.g. meanp: CLIP4Clip mean pooling of the CLIP frame features
+    temporal = TemporalTransformer.from_clip(clip, layers=temporal_layers, max_positions=max(77, num_frames))
     model = GLCCL(clip, temporal, head_module, preset=preset, max_words=max_words, num_frames=num_frames,
                   mask_padding=mask_padding)
     if grad_checkpointing:

@@ -28,6 +28,8 @@ class SimilarityHead(nn.Module):
     name: str = ""
     num_parts: int = 1
     aux_loss_names: tuple[str, ...] = ()
+    uses_temporal: bool = True
+    """False: the model feeds this head the CLIP frame features without the temporal encoder (CLIP4Clip meanP)."""
 
     def forward(self, sentence: Tensor, words: Tensor, word_mask: Tensor, frames: Tensor,
                 frame_mask: Tensor) -> tuple[Tensor, Tensor]:
