@@ -40,10 +40,9 @@ def load_checkpoint(path: str | Path, overrides: list[str] | None = None):
 
 
 def evaluate(model, cfg: RunConfig, split: str, storage: Path | None = None) -> dict[str, Any]:
+    from glccl import engine
     from glccl.metrics import retrieval_metrics
     from glccl.similarity import similarity_matrix
-
-    from glccl import engine
     from pipelines import data as pdata
     from pipelines.train import ensure_manifest
 
@@ -55,8 +54,7 @@ def evaluate(model, cfg: RunConfig, split: str, storage: Path | None = None) -> 
                              cache=dc.cache, timeout_s=dc.decode_timeout_s, strict=dc.strict)
     tokens, text_to_video, _, _ = pdata.eval_texts(manifest, split, cfg.model.max_words)
     texts = {"tokens": tokens, "text_to_video": text_to_video}
-    batches = ds.iter_torch_batches(batch_size=cfg.train.eval_batch_size,
-                                    dtypes={"frames": torch.uint8, "frame_mask": torch.bool, "video_index": torch.int64})
+    batches = ds.iter_torch_batches(batch_size=cfg.train.eval_batch_size, dtypes=pdata.torch_dtypes("videos"))
     vids = engine.encode_videos(model, batches)
     order = torch.argsort(vids["video_index"])
     column = {int(v): i for i, v in enumerate(vids["video_index"][order].tolist())}

@@ -7,6 +7,7 @@ Resuming a run (same run name) continues the same MLflow run instead of creating
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -27,6 +28,20 @@ def default_tracking_uri(storage: str | os.PathLike) -> str:
     path = Path(storage).resolve() / "mlflow.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"  # sqlite:/// + /abs/path = four slashes
+
+
+@contextlib.contextmanager
+def fluent_uri(uri: str):
+    """Point MLflow's fluent API at ``uri`` for a block. ``mlflow.set_tracking_uri`` also writes the process's
+    ``MLFLOW_TRACKING_URI``; restore it afterwards so the next run in this process resolves its own store."""
+    import mlflow
+
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(old)  # None unsets the variable
 
 
 def metric_key(key: str) -> str:

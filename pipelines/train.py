@@ -108,17 +108,18 @@ def _evaluate(model, split: str, texts: dict[str, Any], cfg: RunConfig, device) 
     """Distributed evaluation: each rank encodes its video shard and its slice of texts; features and score rows are
     gathered; the similarity matrix is built in blocks through the head (bounded memory)."""
     import ray.train
-    from glccl.metrics import retrieval_metrics
-    from glccl.similarity import similarity_matrix
 
     from glccl import distributed as gdist
     from glccl import engine
+    from glccl.metrics import retrieval_metrics
+    from glccl.similarity import similarity_matrix
 
     core = engine.unwrap(model)
     shard = ray.train.get_dataset_shard(split)
+    from pipelines.data import torch_dtypes
+
     batches = shard.iter_torch_batches(batch_size=cfg.train.eval_batch_size, drop_last=False,
-                                       dtypes={"frames": torch.uint8, "frame_mask": torch.bool,
-                                               "video_index": torch.int64})
+                                       dtypes=torch_dtypes("videos"))
     vids = engine.encode_videos(core, batches, device=device)
     frames = gdist.gather_no_grad(vids["frames"].to(device)).cpu()
     fmask = gdist.gather_no_grad(vids["frame_mask"].to(torch.uint8).to(device)).cpu().bool()
@@ -161,11 +162,11 @@ def _save_checkpoint(directory: Path, core, optimizer, scheduler, counters: dict
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
-    from glccl.losses import RetrievalLoss
     from tqdm import tqdm
 
     from glccl import distributed as gdist
     from glccl import engine
+    from glccl.losses import RetrievalLoss
     from glccl.model import create_model_from_config
     from glccl.optim import build_optimizer, build_scheduler
 
@@ -224,8 +225,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def finished(s: int) -> bool:
         return bool(tc.max_steps) and s >= tc.max_steps
 
+    from pipelines.data import torch_dtypes
+
     train_shard = ray.train.get_dataset_shard("train")
-    dtypes = {"frames": torch.uint8, "frame_mask": torch.bool, "tokens": torch.int64}
+    dtypes = torch_dtypes("pairs")
     for epoch in range(start_epoch, tc.epochs):
         if finished(step):
             break
@@ -246,7 +249,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if batch_in_epoch <= skip_batches:  # data position of a mid-epoch checkpoint
                 bar.update(1)
                 continue
-            batch = {k: v.to(device) for k, v in batch.items() if k in dtypes}
+            batch = {k: batch[k].to(device) for k in ("tokens", "frames", "frame_mask")}
             logs = engine.train_step(model, loss_fn, batch, optimizer, scheduler, grad_clip=tc.grad_clip,
                                      logit_scale_max=cfg.loss.logit_scale_max, device=device)
             step += 1
@@ -308,6 +311,7 @@ def _log_test_artifacts(logger: tracking.RunLogger, test: dict[str, float], info
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     from glccl.metrics import recall_at_k_curve
 
     logger.table({"metric": list(test), "value": [float(v) for v in test.values()]}, "metrics/test_metrics.json")
@@ -331,10 +335,12 @@ def _log_test_artifacts(logger: tracking.RunLogger, test: dict[str, float], info
     ks = [1, 2, 3, 5, 10, 20, 50]
     curve = recall_at_k_curve(sim, t2v, ks)
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(ks, [curve[k] for k in ks], marker="o")
+    ax.plot(curve["k"], curve["t2v"], marker="o", label="text → video")
+    ax.plot(curve["k"], curve["v2t"], marker="s", label="video → text")
     ax.set_xscale("log")
     ax.set_xlabel("K")
-    ax.set_ylabel("t2v recall@K (%)")
+    ax.set_ylabel("recall@K (%)")
+    ax.legend()
     ax.set_title("test recall@K")
     ax.grid(True, alpha=0.3)
     logger.figure(fig, "plots/test_recall_at_k.png")
@@ -427,9 +433,10 @@ def _log_best_model(cfg: RunConfig, logger: tracking.RunLogger, checkpoint) -> N
         torch.save({"model": best, "config": to_dict(cfg)}, dest)
     model = create_model_from_config(cfg.model)
     model.load_state_dict(best)
-    mlflow.set_tracking_uri(logger.uri)
-    with mlflow.start_run(run_id=logger.run_id):
-        mlflow.pytorch.log_model(model, name="best_model")
+    with tracking.fluent_uri(logger.uri), mlflow.start_run(run_id=logger.run_id):
+        # pickle format (pt2 needs an input example to trace); explicit requirements skip MLflow's slow inference
+        mlflow.pytorch.log_model(model, name="best_model", serialization_format="pickle",
+                                 pip_requirements=["glccl", "torch==2.13.0", "open_clip_torch==3.3.0"])
     logger.tag("glccl.best_model_path", str(dest))
 
 
