@@ -61,12 +61,31 @@ def ensure_manifest(data_cfg, run_dir: Path) -> Path:
     return path
 
 
+def ensure_cache(data_cfg, manifest: Path, num_frames: int, size: int) -> None:
+    """Write the parquet frame cache for the splits that lack one (each video decoded once, with Ray Data)."""
+    from pipelines import data as pdata
+
+    splits = dict.fromkeys([data_cfg.train_split, data_cfg.val_split, data_cfg.test_split])
+    missing = [s for s in splits if not (Path(data_cfg.cache) / s / "meta.json").is_file()]
+    if not missing:
+        return
+    print(f"[glccl] writing the frame cache {data_cfg.cache} for {missing}", flush=True)
+    summary = pdata.prepare_cache(manifest, missing, data_cfg.cache, num_frames=num_frames, size=size,
+                                  decoder=data_cfg.decoder, timeout_s=data_cfg.decode_timeout_s, strict=data_cfg.strict,
+                                  max_skip_fraction=data_cfg.max_skip_fraction, progress=False)
+    if summary["exceeded"]:
+        raise RuntimeError(f"frame cache {data_cfg.cache}: more than {data_cfg.max_skip_fraction:.0%} of the videos "
+                           f"were skipped as bad input (see skipped.json in each split folder)")
+
+
 def prepare_data(cfg: RunConfig, storage: Path) -> dict[str, Any]:
     """Build (or reuse) the manifest, the Ray datasets and the evaluation texts for the run."""
     from pipelines import data as pdata
 
     manifest = ensure_manifest(cfg.data, storage / cfg.name)
     dc = cfg.data
+    if dc.cache:
+        ensure_cache(dc, manifest, cfg.model.num_frames, _image_size(cfg))
     common = dict(num_frames=cfg.model.num_frames, size=_image_size(cfg), max_words=cfg.model.max_words,
                   decoder=dc.decoder, cache=dc.cache, num_cpus=dc.decode_cpus, timeout_s=dc.decode_timeout_s,
                   strict=dc.strict)
