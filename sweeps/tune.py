@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,7 +224,10 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, resume: bool = Fal
     tdir.parent.mkdir(parents=True, exist_ok=True)
     (tdir.parent / f"{sweep.name}.sweep.json").write_text(json.dumps(dataclasses.asdict(sweep)))
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, sweep=dataclasses.asdict(sweep), parent_run_id=parent_id), {"CPU": 0})
+        # the trial function only drives its TorchTrainer: a token CPU share (Tune refuses an empty request)
+        tune.with_parameters(_trial, sweep=dataclasses.asdict(sweep), parent_run_id=parent_id), {"CPU": 0.01})
+    # mid-epoch checkpoint reports have no validation metric yet; the schedulers skip such results
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     status = "FAILED"
     try:
         if resume:
@@ -255,8 +259,9 @@ def _scheduler(sweep: SweepConfig):
     if spec.pop("type", "asha") == "fifo":
         return FIFOScheduler()
     base = sweep.run_config()
-    return ASHAScheduler(max_t=spec.pop("max_t", base.train.epochs + 1), grace_period=spec.pop("grace_period", 1),
-                         reduction_factor=spec.pop("reduction_factor", 2))
+    # rungs count epochs: mid-epoch checkpoint reports carry no validation metric and ASHA skips them
+    return ASHAScheduler(time_attr="epoch", max_t=spec.pop("max_t", base.train.epochs),
+                         grace_period=spec.pop("grace_period", 1), reduction_factor=spec.pop("reduction_factor", 2))
 
 
 def _search(sweep: SweepConfig):
