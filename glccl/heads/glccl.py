@@ -48,13 +48,14 @@ def _aosm(x: Tensor, weight: Tensor, bias: Tensor, inv_temp: float) -> Tensor:
     return (p * (x @ weight.T)).sum(-1)
 
 
-def _aosm_dim2(xs: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """AOSM over dim -2 of ``xs = x / temp`` (returns ``result / temp``): ``sum_n softmax(xs + bias)_n (W xs)_n``.
+def _aosm_last(xs: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """AOSM over the last dim of ``xs = x / temp`` (returns ``result / temp``): ``sum_n softmax(xs + bias)_n (xs W^T)_n``.
 
-    ``xs`` ``[..., n, m]`` must be 0 at padded positions of the aggregated axis; bias ``[..., n, 1]`` or None.
+    ``xs`` ``[..., m, n]`` (contiguous, so ``xs W^T`` is one plain GEMM) must be 0 at padded positions of the aggregated
+    axis; bias ``[..., 1, n]`` or None.
     """
-    p = torch.softmax(xs if bias is None else xs + bias, dim=-2)
-    return (p * (weight @ xs)).sum(-2)
+    p = torch.softmax(xs if bias is None else xs + bias, dim=-1)
+    return (p * (xs @ weight.T)).sum(-1)
 
 
 @register_head("glccl")
@@ -67,7 +68,9 @@ class GLCCLHead(SimilarityHead):
         dim: feature width D.
         temperature: GLIM softmax temperature (5 in the released code).
         chunk_size: videos per block; bounds peak memory together with ``text_chunk``.
-        text_chunk: texts per block (small blocks keep the per-pair work cache resident).
+        text_chunk: texts per block (small blocks keep the per-pair work cache resident). On CPU a block is further
+            capped at ``cpu_block_elements`` values of its ``tb x c x Nw x Nw`` frame-word tensors (16 texts x 64
+            videos at Nw = 32, 4 x 64 at Nw = 64): larger blocks fall out of cache and run ~1.5x slower.
         mask_padding: False ignores both masks, like the released code.
         aosm_temperature: the AOSM softmax temperature (0.01, hard-coded in X-CLIP/GLCCL).
         trim_padding: process texts grouped by length and drop word positions that are padded in a whole block
@@ -76,6 +79,7 @@ class GLCCLHead(SimilarityHead):
 
     num_parts = 4
     aosm_weight_names = AOSM_WEIGHT_NAMES
+    cpu_block_elements = 2**20  # see ``text_chunk``; None: no cap
 
     def __init__(self, num_words: int, num_frames: int, dim: int, temperature: float = 5.0, chunk_size: int = 64,
                  text_chunk: int = 32, mask_padding: bool = True, aosm_temperature: float = 0.01,
@@ -100,8 +104,25 @@ class GLCCLHead(SimilarityHead):
     def forward(self, sentence: Tensor, words: Tensor, word_mask: Tensor, frames: Tensor,
                 frame_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Scores ``[Bt, Bv]`` and parts ``[Bt, Bv, 4]`` (video-sentence, video-word, sentence-frame, frame-word)."""
+        return self._scores(sentence, words, word_mask, frames, frame_mask)
+
+    def score_pairs(self, sentence: Tensor, words: Tensor, word_mask: Tensor, frames: Tensor, frame_mask: Tensor,
+                    index: Tensor) -> tuple[Tensor, Tensor]:
+        """Each text against its own videos: text i with videos ``index[i]`` (``[Bt, S]`` rows of ``frames``).
+
+        Returns score ``[Bt, S]`` and parts ``[Bt, S, 4]``, the values :meth:`forward` gives for those pairs (e.g.
+        re-ranking per-query shortlists without scoring all ``Bt x Bv`` pairs). Per-video work (Gram matrices) is
+        done once per row of ``frames``; each block gathers only its own candidates.
+        """
+        if index.ndim != 2 or index.shape[0] != sentence.shape[0]:
+            raise ValueError(f"index must be [Bt, S] for Bt = {sentence.shape[0]} texts, got {tuple(index.shape)}")
+        return self._scores(sentence, words, word_mask, frames, frame_mask, index.long())
+
+    def _scores(self, sentence: Tensor, words: Tensor, word_mask: Tensor, frames: Tensor, frame_mask: Tensor,
+                index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """forward (``index`` None: every text x every video) or score_pairs (text i x videos ``index[i]``)."""
         bt, nw, d = words.shape
-        bv = frames.shape[0]
+        bv = frames.shape[0] if index is None else index.shape[1]
         if nw > self.num_words:
             raise ValueError(f"words have {nw} positions but the head was built for num_words={self.num_words}")
         wm, fm = effective_masks(word_mask, frame_mask, self.mask_padding)
@@ -125,17 +146,25 @@ class GLCCLHead(SimilarityHead):
         # Text blocks, grouped by length so trailing padded word positions can be dropped per block.
         lengths = (torch.arange(1, nw + 1, device=wm.device) * wm).amax(-1) if self.trim_padding else None
         order = None
-        if lengths is not None and bt > self.text_chunk and bool((lengths != lengths[0]).any()):
+        tc = self.text_chunk
+        if frames.device.type == "cpu" and self.cpu_block_elements:
+            tc = max(1, min(tc, self.cpu_block_elements // (min(self.chunk_size, max(bv, 1)) * nw * nw)))
+        if lengths is not None and bt > tc and bool((lengths != lengths[0]).any()):
             order = torch.argsort(lengths, stable=True)
         rows = []
-        for i in range(0, bt, self.text_chunk):
-            idx = order[i:i + self.text_chunk] if order is not None else slice(i, i + self.text_chunk)
+        for i in range(0, bt, tc):
+            idx = order[i:i + tc] if order is not None else slice(i, i + tc)
             n = max(int(lengths[idx].max()), 1) if lengths is not None else nw
             text = (sentence[idx], w0[idx, :n], s_g[idx], w_l[idx, :n], s_inv[idx], w_inv[idx, :n], wvalid[idx, :n],
                     wbias[idx, :n])
-            cols = [self._block(*text, f0[j:j + self.chunk_size], gram[j:j + self.chunk_size],
-                                fbias[j:j + self.chunk_size])
-                    for j in range(0, bv, self.chunk_size)]
+            cs = self.chunk_size
+            if index is None:
+                cols = [self._block(*text, f0[j:j + cs], gram[j:j + cs], fbias[j:j + cs]) for j in range(0, bv, cs)]
+            else:  # this block's own candidates, gathered: [tb, cs, ...]
+                ix = [index[idx, j:j + cs] for j in range(0, bv, cs)]
+                cols = [self._block(*text, *(t.index_select(0, x.reshape(-1)).view(*x.shape, *t.shape[1:])
+                                             for t in (f0, gram, fbias)))
+                        for x in ix]
             rows.append(torch.cat(cols, dim=1) if len(cols) > 1 else cols[0])
         parts = torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
         if order is not None:
@@ -144,26 +173,33 @@ class GLCCLHead(SimilarityHead):
 
     def _block(self, s: Tensor, w: Tensor, s_g: Tensor, w_l: Tensor, s_inv: Tensor, w_inv: Tensor, wvalid: Tensor,
                wbias: Tensor, f: Tensor, gram: Tensor, fbias: Tensor) -> Tensor:
-        """Parts ``[tb, c, 4]`` for ``tb`` texts (``n`` word positions) x ``c`` videos.
+        """Parts ``[tb, c, 4]`` for ``tb`` texts (``n`` word positions) x ``c`` videos (f ``[c, K, D]``, gram ``[c, K, K]``,
+        fbias ``[c, K]``), or for each text x its own ``c`` videos (f ``[tb, c, K, D]``, gram and fbias likewise).
 
-        Per-pair tensors keep the axis being reduced at dim -2 (PyTorch's CPU softmax is faster there than on a
-        short last dim), e.g. the GEMM output is laid out ``[tb, c, K, 2 + 2n]``.
+        Per-pair tensors keep the frame axis being reduced at dim -2 (PyTorch's CPU softmax is faster there than on a
+        short last dim), e.g. the GEMM output is laid out ``[tb, c, K, 2 + 2n]``; the ``n x n`` frame-word matrices
+        are aggregated along their last dim instead, so their AOSM ``W`` products are plain GEMMs without copies.
         """
         tb, n, d = w.shape
-        c, k, _ = f.shape
+        c, k = f.shape[-3], f.shape[-2]
         inv_tau, inv_agg = 1.0 / self.temperature, 1.0 / self.aosm_temperature
 
         # The one big GEMM: [c * K, D] x [D, tb * (2 + 2n)] -> pair-major [tb, c, K, 2 + 2n].
         text_rows = torch.cat([s[:, None], w, s_g[:, None], w_l], dim=1).reshape(-1, d)
-        r = (f.reshape(-1, d) @ text_rows.T).view(c, k, tb, 2 + 2 * n).permute(2, 0, 1, 3).contiguous()
+        if f.ndim == 3:
+            r = (f.reshape(-1, d) @ text_rows.T).view(c, k, tb, 2 + 2 * n).permute(2, 0, 1, 3).contiguous()
+            gram, fbias = gram[None], fbias[None]
+        else:  # per-text videos (score_pairs): a batched GEMM, already pair-major
+            r = torch.bmm(f.reshape(tb, c * k, d), text_rows.view(tb, 2 + 2 * n, d).transpose(1, 2))
+            r = r.view(tb, c, k, 2 + 2 * n)
         a, bg = r[..., 0], r[..., 1 + n]  # s.f, (s_hat G).f: [tb, c, K]
         pt, qt = r[..., 1:1 + n], r[..., 2 + n:]  # w.f, (w_hat L).f: [tb, c, K, n]
 
         # GLIM weights over frames for the sentence and every word at once; pooled norms from the Gram matrices.
-        wts = torch.softmax(torch.add(fbias[None, :, :, None], r[..., :1 + n], alpha=inv_tau), dim=-2)
+        wts = torch.softmax(torch.add(fbias[..., None], r[..., :1 + n], alpha=inv_tau), dim=-2)
         # ||pooled||^2 = wts^T Gram wts cancels when frames disagree: accumulate it in float64 (Gram is float64).
         wq = wts.to(gram.dtype)
-        inv = _inv_norm(((gram[None] @ wq) * wq).sum(-2)).to(wts.dtype)  # 1/||v||, 1/||u_t||: [tb, c, 1 + n]
+        inv = _inv_norm(((gram @ wq) * wq).sum(-2)).to(wts.dtype)  # 1/||v||, 1/||u_t||: [tb, c, 1 + n]
         alpha, beta = wts[..., 0], wts[..., 1:]  # [tb, c, K], [tb, c, K, n]
         inv_v = inv[..., 0]
         inv_u = inv[..., 1:] * wvalid[:, None, :]  # padded words' features u_t are excluded: set to 0
@@ -177,9 +213,10 @@ class GLCCLHead(SimilarityHead):
         mt = bn.mT @ qt  # its transpose [tb, c, n(u), n(t)]
 
         b1 = wbias[:, None, :]
-        b2 = wbias[:, None, :, None] if bool(wvalid.lt(1).any()) else None
-        rr = _aosm_dim2(m, self.word_mat_weight[:n, :n], b2) * self.aosm_temperature  # over t: [tb, c, n(u)]
-        cc = _aosm_dim2(mt, self.word_frame_mat_weight[:n, :n], b2) * self.aosm_temperature  # over u: [tb, c, n(t)]
+        # Aggregate along the last dim (m for c over u, its transpose mt for r over t): W products are plain GEMMs.
+        b2 = wbias[:, None, None, :] if bool(wvalid.lt(1).any()) else None
+        rr = _aosm_last(mt, self.word_mat_weight[:n, :n], b2) * self.aosm_temperature  # over t: [tb, c, n(u)]
+        cc = _aosm_last(m, self.word_frame_mat_weight[:n, :n], b2) * self.aosm_temperature  # over u: [tb, c, n(t)]
         s_vw = _aosm(x, self.word_logit_weight[:n, :n], b1, inv_agg)
         s_sf = _aosm(y, self.word_frame_logit_weight[:n, :n], b1, inv_agg)
         s_fw = 0.5 * (_aosm(rr, self.word_frame_mat_weight2[:n, :n], b1, inv_agg)
