@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"glccl demo: {e}", file=sys.stderr)
         return 2
 
-    from pipelines import train
+    from pipelines import tracking, train
 
     if base.data.dataset == "synth":
         ensure_synth(Path(base.data.root))
@@ -73,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     for head in heads:
         cfg = dataclasses.replace(base, name=f"demo-{head}", model=dataclasses.replace(base.model, head=head))
         ray_dir = Path(cfg.storage).resolve() / "ray" / cfg.name
-        if not args.resume and ray_dir.exists():
-            shutil.rmtree(ray_dir)  # a fresh demo run, not a resume of the last one
+        if not args.resume:  # a fresh demo run, not a resume of the last one
+            shutil.rmtree(ray_dir, ignore_errors=True)
+            tracking.close_unfinished(tracking.default_tracking_uri(cfg.storage), cfg.experiment, cfg.name)
         print(f"\n[demo] training head={head} ({cfg.train.num_workers} Ray Train workers, {cfg.train.epochs} epochs)",
               flush=True)
         t0 = time.perf_counter()

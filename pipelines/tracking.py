@@ -55,6 +55,15 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """For a sqlite store, artifacts live beside the database (MLflow's default is ``./mlruns`` of whatever directory
+    the process happens to run in); a tracking server decides for itself."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        return (db.parent / "mlartifacts" / experiment).as_uri()
+    return None
+
+
 def ensure_experiment(uri: str, name: str) -> str:
     client = _client(uri)
     exp = client.get_experiment_by_name(name)
@@ -63,7 +72,7 @@ def ensure_experiment(uri: str, name: str) -> str:
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=artifact_location(uri, name))
     except Exception:  # created concurrently by another driver
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -124,6 +133,19 @@ def start_or_resume_run(uri: str, experiment: str, run_name: str, params: dict[s
     run = client.create_run(exp_id, tags=all_tags, run_name=run_name)
     log_params(uri, run.info.run_id, params)
     return run.info.run_id, False
+
+
+def close_unfinished(uri: str, experiment: str, run_name: str, status: str = "KILLED") -> int:
+    """End runs of this name left RUNNING by a killed driver, so that a fresh run does not continue them."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return 0
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'")
+    stale = [r for r in runs if r.info.status not in ("FINISHED", "FAILED", "KILLED")]
+    for r in stale:
+        client.set_terminated(r.info.run_id, status=status)
+    return len(stale)
 
 
 def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:

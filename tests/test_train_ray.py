@@ -52,6 +52,9 @@ def test_run_leaves_complete_mlflow_record(baseline):
     client = _client(out["tracking_uri"])
     run = client.get_run(out["run_id"])
     assert run.info.status == "FINISHED"
+    from pathlib import Path
+
+    assert run.info.artifact_uri.startswith(Path(cfg.storage).resolve().as_uri()), run.info.artifact_uri
     params = run.data.params
     assert params["model.head"] == "glccl" and params["train.batch_size"] == "8" and params["loss.eta"] == "0.5"
     tags = run.data.tags
