@@ -97,6 +97,11 @@ class DataConfig:
     decode_timeout_s: float = 60.0
     decode_cpus: float = 1.0
     """CPUs per decode task in Ray Data."""
+    decode_batch_size: int = 8
+    """Items per Ray Data decode task (one block)."""
+    cache_factor: int = 3
+    """A frame cache holds cache_factor * K frames per video (segment sub-centres); training samples among them,
+    evaluation reads the exact segment centres when the factor is odd. 1: cache exactly the K evaluation frames."""
 
     def validate(self, prefix: str = "data") -> None:
         _check(self.dataset in ("synth", "msrvtt", "msvd", "didemo", "vatex"), f"{prefix}.dataset",

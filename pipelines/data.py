@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from glccl.data.frames import decode_clip, pad_frames, sample_indices, snap_indices
@@ -106,7 +107,7 @@ def _skip_actor_cls():
 
         def add(self, entries: list[dict]) -> int:
             for e in entries:
-                self.items.setdefault((e.get("file", ""), e.get("reason", "")), e)
+                self.items.setdefault((e.get("file") or e.get("item", ""), e.get("reason", "")), e)
             self.events += len(entries)
             return self.events
 
@@ -236,10 +237,21 @@ def _finish(batch, keep: list[int], frames: list, masks: list, num_frames: int, 
 
 
 def _rng(seed, batch) -> np.random.Generator:
+    """Frame-sampling RNG of one batch: fresh entropy without a seed; with one, a function of the seed, the batch and
+    the task's position in this execution (the block order is reshuffled every epoch), so epochs differ while runs
+    repeat."""
     if seed is None:
         return np.random.default_rng()
     key = int(batch["caption_index"][0]) if "caption_index" in batch else int(batch["video_index"][0])
-    return np.random.default_rng([int(seed), key])
+    position = 0
+    try:  # internal API of Ray Data: absent -> same frames every epoch, still reproducible
+        from ray.data._internal.execution.interfaces.task_context import TaskContext
+
+        ctx = TaskContext.get_current()
+        position = int(ctx.task_idx) if ctx is not None else 0
+    except Exception:  # noqa: BLE001
+        pass
+    return np.random.default_rng([int(seed), key, position])
 
 
 def _decode_batch(batch: dict, *, num_frames: int, size: int, train: bool, max_words: int, decoder: str,
@@ -312,17 +324,22 @@ def _cache_batch(batch: dict, *, num_frames: int, size: int, train: bool, max_wo
 
 def video_dataset(manifest, split: str, *, num_frames: int, size: int, train: bool, max_words: int = 32,
                   mode: str = "pairs", decoder: str = "decord", cache: str | os.PathLike | None = None,
-                  batch_size: int = 16, num_cpus: float = 1.0, memory: int | None = None, timeout_s: float = 60.0,
+                  batch_size: int = 16, num_cpus: float | None = None, memory: int | None = None,
+                  timeout_s: float = 60.0,
                   shuffle: bool | None = None, seed: int | None = None, strict: bool = False,
                   skip_log: SkipLog | None = None, concurrency: int | None = None):
     """A ``ray.data.Dataset`` of decoded clips for one split (see the module docstring for the row layout).
 
     ``mode="pairs"``: one row per video-caption pair (training); ``mode="videos"``: one row per video (evaluation; get
     the texts from :func:`eval_texts`). ``shuffle`` (default: ``train``) permutes the items on the driver and
-    randomises the block order on every execution, so each epoch sees a new order; ``seed`` makes order and frame
-    sampling reproducible. Bad videos are dropped and recorded in ``skip_log`` (also attached to the dataset as
+    randomises the block order on every execution, so each epoch sees a new order (and, in training, new random
+    frames); ``seed`` makes that sequence of orders and frames repeat from run to run (up to the order in which
+    parallel tasks finish). Bad videos are dropped and recorded in ``skip_log`` (also attached to the dataset as
     ``ds.skip_log``); ``strict=True`` fails the stream at the first one. With ``cache`` frames are read from a frame
     cache written by :func:`prepare_cache` (videos absent from the cache are skipped, having been reported there).
+
+    ``num_cpus`` per map task defaults to 1 when decoding and 0.25 when reading a cache. Ray Data tasks need CPUs that
+    Ray Train workers do not hold: leave some free (e.g. ``resources_per_worker={"CPU": 0.5}`` on a 2-core node).
     """
     import ray
 
@@ -359,9 +376,11 @@ def video_dataset(manifest, split: str, *, num_frames: int, size: int, train: bo
     if items.num_rows == 0:
         raise ValueError(f"split {split!r} has no usable item")
     ds = ray.data.from_arrow(_blocks(items, batch_size))
-    if shuffle and seed is None:
-        ds = ds.randomize_block_order()
+    if shuffle:  # a new block order on every execution (epoch); with a seed, the sequence of orders repeats
+        ds = ds.randomize_block_order(seed=seed)
     common = {"num_frames": num_frames, "size": size, "train": train, "max_words": max_words, "seed": seed}
+    if num_cpus is None:
+        num_cpus = 0.25 if cache_dir is not None else 1.0
     remote = {"num_cpus": num_cpus, "memory": memory if memory is not None else _task_memory(batch_size, num_frames,
                                                                                               size)}
     if concurrency is not None:
@@ -500,32 +519,39 @@ def _prepare_split(table, split, out: Path, *, m, num_frames, size, cache_factor
     writer, file_no, in_file, nbytes = None, -1, 0, 0
     try:
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for row in block.to_pylist():
-                if bar is not None:
-                    bar.update(1)
-                if not row["ok"]:
-                    report.skip(row["video_id"], row["reason"], row["detail"], row["video_path"])  # strict: raises
-                    continue
+            ok = block["ok"].to_pylist()
+            if not all(ok):
+                meta_cols = block.select(["video_id", "reason", "detail", "video_path"]).to_pylist()
+                for good, r in zip(ok, meta_cols):
+                    if not good:
+                        report.skip(r["video_id"], r["reason"], r["detail"], r["video_path"])  # strict: raises
+            rows = block.filter(block["ok"]).select(["video_id", "video_index", "num_total", "frame_index", "frames"])
+            rows = rows.append_column("size", pa.array(np.full(rows.num_rows, size, np.int32)))
+            rows = rows.select(_CACHE_SCHEMA.names).cast(_CACHE_SCHEMA)
+            lens = pc.list_value_length(rows["frame_index"]).to_pylist()
+            nbytes += int(pc.sum(pc.binary_length(rows["frames"])).as_py() or 0)
+            while rows.num_rows:
                 if writer is None or in_file >= rows_per_file:
                     if writer is not None:
                         writer.close()
                     file_no += 1
                     in_file = 0
                     writer = pq.ParquetWriter(tmp / f"part-{file_no:05d}.parquet", _CACHE_SCHEMA, compression="zstd")
-                writer.write_table(pa.table({
-                    "video_id": [row["video_id"]], "video_index": [row["video_index"]],
-                    "num_total": [row["num_total"]], "size": pa.array([size], pa.int32()),
-                    "frame_index": pa.array([row["frame_index"]], pa.list_(pa.int32())),
-                    "frames": pa.array([row["frames"]], pa.binary())}, schema=_CACHE_SCHEMA))
-                index["video_id"].append(row["video_id"])
-                index["video_index"].append(row["video_index"])
-                index["file"].append(f"part-{file_no:05d}.parquet")
-                index["row_group"].append(in_file)
-                index["num_total"].append(row["num_total"])
-                index["num_cached"].append(len(row["frame_index"]))
-                in_file += 1
-                nbytes += len(row["frames"])
-                report.add_ok()
+                take = min(rows.num_rows, rows_per_file - in_file)
+                part = rows.slice(0, take)
+                writer.write_table(part, row_group_size=1)  # one row group per video: rows are read one by one
+                index["video_id"] += part["video_id"].to_pylist()
+                index["video_index"] += part["video_index"].to_pylist()
+                index["file"] += [f"part-{file_no:05d}.parquet"] * take
+                index["row_group"] += list(range(in_file, in_file + take))
+                index["num_total"] += part["num_total"].to_pylist()
+                index["num_cached"] += lens[:take]
+                lens = lens[take:]
+                rows = rows.slice(take)
+                in_file += take
+                report.add_ok(take)
+            if bar is not None:
+                bar.update(len(ok))
         if writer is not None:
             writer.close()
             writer = None

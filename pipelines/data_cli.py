@@ -128,6 +128,11 @@ def cmd_prepare(args) -> int:
         table = build_manifests(args.dataset, args.root, splits, args.video_dir, report)
         source = f"{args.dataset} annotations in {args.root}"
     out = Path(args.out or (Path(args.root) / "cache" if args.root else Path("data/cache")))
+    if not args.manifest:  # keep the manifest next to the cache: training reads both (same video numbering)
+        from glccl.data.manifest import write_manifest
+
+        write_manifest(table, out / "manifest.parquet")
+        report.write(out / "manifest.skipped.json")
     from pipelines import data as D
 
     tmp = D.start_local_ray(num_cpus=args.num_cpus, object_store_mb=args.object_store_mb) if not args.address else None
@@ -147,10 +152,14 @@ def cmd_prepare(args) -> int:
     finally:
         if tmp is not None:
             D.stop_local_ray(tmp)
+        elif args.address:
+            import ray
+
+            ray.shutdown()  # disconnects from the external cluster; stops nothing there
     dt = time.perf_counter() - t0
     _summary("glccl data prepare", s["items"], s["skipped"] + report.num_skipped, dt, "videos", {
         "source": source,
-        "output": str(out),
+        "output": str(out) + ("" if args.manifest else " (with manifest.parquet)"),
         "frames": f"{args.cache_factor * args.num_frames} per video at {args.size}x{args.size} "
                   f"(K={args.num_frames}, cache_factor={args.cache_factor})",
         **{f"{k}": f"{v['written']}/{v['videos']} written, {v['seconds']} s, report {v['report']}"
