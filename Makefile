@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.glccl-installed
 
-.PHONY: demo test test-all venv lint bench clean-venv
+.PHONY: demo test test-all venv lint clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,9 +19,14 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/glccl demo
 
-# Default suite: everything that needs no GPU (Ray and MLflow tests included), under 20 minutes on 2 cores.
+# Default suite: every tier but `slow` and `gpu` (real local Ray, Ray Train, Tune, a 2-node cluster and MLflow
+# included), under 20 minutes on 2 cores. `make test-all` adds the slow failure-recovery tests (cluster node loss,
+# interrupted sweep resumed, ViT-B/32 weight round trips).
 test: $(STAMP)
-	$(PY) -m pytest -m "not gpu" -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not gpu and not slow" -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest -m "not gpu" -p no:cacheprovider --durations=25 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check glccl pipelines sweeps cluster benchmarks tests

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray]
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -218,6 +218,7 @@ def test_sweep_job_logs_to_cluster_mlflow_and_stops(cluster, tiny_synth, storage
     assert "stopped" in (status.stdout + status.stderr).lower()
 
 
+@pytest.mark.slow  # 3-6 minutes on 2 cores: runs in `make test-all`
 @pytest.mark.timeout(900)
 def test_worker_node_loss_recovers_from_checkpoint(cluster, tiny_synth, storage):
     """Kill the worker node (its whole process tree, SIGKILL) after a checkpoint; a replacement node joins; the run

@@ -125,6 +125,7 @@ def _kill_tree(pid: int) -> None:
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # 5+ minutes on 2 cores: runs in `make test-all`
 def test_interrupted_sweep_resumes_to_completion(tiny_synth, tmp_path):
     """Kill the sweep's driver (and the private Ray it started) mid-trial, then `glccl sweep --resume` finishes it."""
     path = _sweep_file(tmp_path, tiny_synth, "interrupted", samples=2)
