@@ -8,34 +8,16 @@ the temporal transformer, and the model decides which frames a head sees from th
 
 from __future__ import annotations
 
-from torch import Tensor
-
-from .base import SimilarityHead, effective_masks, register_head
-from .xclip import _masked_mean, unit
+from .base import register_head
+from .meanp import MeanPHead
 
 
 @register_head("seqtransf")
-class SeqTransfHead(SimilarityHead):
-    """Parameter-free: ``score[i, j] = cos(s_i, mean of the valid f_jk)``; parts ``[Bt, Bv, 1]``.
+class SeqTransfHead(MeanPHead):
+    """MeanP over the temporally encoded frames: ``score[i, j] = cos(s_i, mean of the valid f_jk)``; parts
+    ``[Bt, Bv, 1]``. Parameter-free; a video without any valid frame scores 0."""
 
-    ``temperature`` and ``chunk_size`` are accepted for a uniform head interface and ignored. A video without any valid
-    frame has a zero mean feature and scores 0.
-    """
-
-    num_parts = 1
     uses_temporal = True
-
-    def __init__(self, num_words: int, num_frames: int, dim: int, temperature: float | None = None,
-                 chunk_size: int | None = None, mask_padding: bool = True):
-        super().__init__()
-        self.num_words, self.num_frames, self.dim = num_words, num_frames, dim
-        self.mask_padding = mask_padding
-
-    def forward(self, sentence: Tensor, words: Tensor, word_mask: Tensor, frames: Tensor,
-                frame_mask: Tensor) -> tuple[Tensor, Tensor]:
-        _, fm = effective_masks(word_mask, frame_mask, self.mask_padding)
-        score = unit(sentence) @ unit(_masked_mean(frames, fm)).T
-        return score, score[..., None]
 
 
 def seqtransf_flops(Bt: int, Bv: int, Nw: int, K: int, D: int) -> int:
