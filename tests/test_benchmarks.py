@@ -1,0 +1,74 @@
+"""Smoke test of the similarity-stage benchmark (benchmarks/similarity.py): tiny sizes, every method, finite numbers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_similarity", ROOT / "benchmarks" / "similarity.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_quick_run_has_every_method(bench, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--n", "64", "--shapes", "msrvtt", "--reps", "1", "--search-n", "32",
+                       "--inprocess", "--threads", "1", "--max-run-s", "0.3", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    shape = report["tables"]["fp32"]["msrvtt"]
+    methods = [r["method"] for r in shape["results"]]
+    assert methods == bench.all_methods()
+    assert {"glccl", "glccl_naive", "meanp", "xpool"} <= set(methods)
+    for r in shape["results"]:
+        assert f"| {r['method']} |" in printed
+        for key in ("wall_s", "cpu_s", "flops", "peak_bytes", "rate_at_run"):
+            assert math.isfinite(r[key]) and r[key] >= 0, (r["method"], key, r[key])
+        assert r["flops"] > 0 and 1 <= r["timed"] <= 64
+        d = shape["derived"][r["method"]]
+        assert all(math.isfinite(v) and v > 0 for v in d.values()), (r["method"], d)
+    assert shape["rate"] > 0 and shape["cpu_rate"] > 0
+    assert any("floor at the MSR-VTT shape" in t for t in report["targets"])
+    s = report["search"]
+    assert s["n"] == 32 and s["exhaustive_s"] > 0 and len(s["rows"]) == 6
+    for row in s["rows"]:
+        assert all(0.0 <= v <= 1.0 for v in row["recall"].values())
+        assert math.isfinite(row["speedup"]) and row["speedup"] > 0
+    full = [row for row in s["rows"] if row["shortlist"] == 32]
+    assert full and all(v == 1.0 for row in full for v in row["recall"].values())  # shortlist = gallery: exact
+    assert "recall@10" in printed and "speed-up" in printed
+
+
+def test_worker_subprocess_measures_memory(bench):
+    r = bench._worker_call({"kind": "measure", "method": "glccl", "shape_name": "msrvtt", "n": 16, "reps": 1,
+                            "max_run_s": 60.0, "rate_s": 0.05, "threads": 1}, inprocess=False)
+    assert r["method"] == "glccl" and r["timed"] == 16 and r["wall_s"] > 0
+    # the 16 x 16 GLCCL run allocates its work blocks (MBs): a positive, bounded peak
+    assert 0 < r["peak_bytes"] < 2e9
+
+
+def test_fit_extrapolate(bench):
+    # t(m) = 2 m + 0.5 m^2 exactly: the fit recovers it
+    t, a, b = bench.fit_extrapolate(10, 2 * 10 + 0.5 * 100, 20, 2 * 20 + 0.5 * 400, 1000)
+    assert a == pytest.approx(2) and b == pytest.approx(0.5) and t == pytest.approx(2000 + 500_000)
+    # a non-positive fit falls back to per-pair scaling of the larger run
+    assert bench.fit_extrapolate(10, 50.0, 20, 40.0, 40)[0] == pytest.approx(160.0)
+
+
+def test_flops_and_features(bench):
+    assert bench.method_flops("glccl", 10, 10, K=12, Nw=32, D=512) < bench.method_flops("glccl_naive", 10, 10, K=12,
+                                                                                         Nw=32, D=512)
+    assert bench.method_flops("meanp", 4, 5, K=12, Nw=32, D=8) == 2 * 4 * 5 * 8 + 5 * 12 * 8 + 3 * 9 * 8
+    text, video, t2v = bench.structured_features(20, {"K": 4, "Nw": 8, "D": 16})
+    assert text["words"].shape == (20, 8, 16) and video["frames"].shape == (20, 4, 16)
+    assert bool(text["word_mask"][:, :8].all()) and t2v.tolist() == list(range(20))
