@@ -12,17 +12,21 @@ What is measured, for N texts x N videos of random features (all words and frame
   ``--reps`` runs after a warm-up. A method whose full run would exceed its budget (``--max-run-s``; the fast GLCCL
   gets ``--max-run-s-glccl``) is timed on an ``m x m`` sub-problem (first m texts and videos) sized to the budget
   and extrapolated to N x N, linearly in the number of pairs plus a term linear in N for per-text/per-video work
-  (``t(m) = alpha m + beta m^2`` fitted through the m x m median and one m/2 x m/2 run): such rows are marked
+  (``t(m) = alpha m + beta m^2`` fitted to the m x m median, one m/2 x m/2 run and a 32 x 32 probe): rows marked
   ``m/N *`` in the "timed" column.
 * **cpu**: process CPU seconds of the same runs (wall ~ cpu / threads on an idle machine; wall >> cpu / threads means
   other processes were competing for the cores).
 * **GFLOP**: the analytic count of the method's multiply-adds (2 per MAC; ``glccl_flops``, ``naive_glccl_flops``, the
-  heads' ``*_flops``), at the full N x N; **floor** = FLOPs / the machine's GEMM rate, measured in the same run on the
-  dominant product's shape ``[Bt (2 + 2 Nw), D] x [D, chunk K]`` (Bt = 32 texts, chunk = 64 videos: the fast GLCCL's
-  blocks); **time/floor**; **naive/x**: the naive form's time over this method's (how many times faster).
+  heads' ``*_flops``), at the full N x N; **floor** = FLOPs / the GEMM rate on the dominant product's shape
+  ``[Bt (2 + 2 Nw), D] x [D, chunk K]`` (Bt = 32 texts, chunk = 64 videos: the fast GLCCL's blocks), measured in the
+  method's own process right before its timed runs (the header also gives a dedicated measurement), so a machine
+  shared with other jobs slows the floor and the method alike; **time/floor**; **cpu/cpu-floor**: the same in CPU
+  seconds (GEMM rate per CPU-second), the view least disturbed by other load; **naive/x**: the naive form's time
+  over this method's (how many times faster).
 * **peak MB**: peak memory above the inputs, in a fresh subprocess per method: on CPU the growth of the resident set
   (``VmHWM`` reset through ``/proc/self/clear_refs`` after the inputs exist, glibc told to return large blocks); on
-  CUDA ``torch.cuda.max_memory_allocated``. Measured on the timed size (N x N unless marked).
+  CUDA ``torch.cuda.max_memory_allocated``. Measured on the timed size; the fast GLCCL always also gets one full
+  N x N run for its peak (its single-run time is printed below the table as a check on the extrapolation).
 
 Two-stage search (``--search``, MSR-VTT shape): videos are noisy copies of cluster centres and every text a noisy view
 of one video, so rankings have structure. The exhaustive GLCCL ranking is compared with stage 1 (exact cosine top-S by
@@ -229,29 +233,43 @@ def scoring_fn(method: str, shape: dict, device: torch.device, dtype: torch.dtyp
     return fn
 
 
-def fit_extrapolate(m1: int, t1: float, m2: int, t2: float, n: int) -> tuple[float, float, float]:
-    """Time of an ``n x n`` run from ``m1 x m1`` and ``m2 x m2`` runs, fitting ``t(m) = alpha m + beta m^2``.
+def fit_extrapolate(points: list[tuple[int, float]], n: int) -> tuple[float, float, float]:
+    """Time of an ``n x n`` run from ``m x m`` runs ``[(m, t), ...]``, fitting ``t(m) = alpha m + beta m^2``.
 
     ``alpha m`` is the work per text and per video (encoding, projections, Gram matrices), ``beta m^2`` the work per
-    pair. Returns ``(t(n), alpha, beta)``; falls back to pure per-pair scaling of ``t2`` if the fit is not positive.
+    pair. Least squares in relative error with ``alpha, beta >= 0``. Returns ``(t(n), alpha, beta)``.
     """
-    det = m1 * m2 * m2 - m2 * m1 * m1
-    if m1 != m2 and det:
-        beta = (m1 * t2 - m2 * t1) / det
-        alpha = (t1 - beta * m1 * m1) / m1
-        if alpha >= 0 and beta > 0:
-            return alpha * n + beta * n * n, alpha, beta
-    return t2 * (n / m2) ** 2, 0.0, t2 / (m2 * m2)
+    m = torch.tensor([float(p[0]) for p in points], dtype=torch.float64)
+    t = torch.tensor([float(p[1]) for p in points], dtype=torch.float64)
+    w = 1.0 / t.clamp_min(1e-12)
+    cols = torch.stack([m, m * m], dim=1) * w[:, None]
+    y = torch.ones_like(t)  # (t_i * w_i)
+
+    def one(col: int) -> tuple[float, float]:
+        c = cols[:, col]
+        v = float((c @ y) / (c @ c))
+        return (v, 0.0) if col == 0 else (0.0, v)
+
+    if len(points) >= 2 and len({p[0] for p in points}) >= 2:
+        sol = torch.linalg.lstsq(cols, y[:, None]).solution[:, 0]
+        alpha, beta = float(sol[0]), float(sol[1])
+        if alpha < 0 or beta < 0:  # best fit on the boundary: one term only, the better of the two
+            cands = [one(0), one(1)]
+            alpha, beta = min(cands, key=lambda ab: float(((cols[:, 0] * ab[0] + cols[:, 1] * ab[1] - y) ** 2).sum()))
+    else:
+        alpha, beta = one(1)
+    return alpha * n + beta * n * n, alpha, beta
 
 
 @torch.no_grad()
 def measure(method: str, shape_name: str, n: int, device: str = "cpu", dtype: str = "fp32", reps: int = 3,
-            max_run_s: float = 10.0, threads: int | None = None, rate_s: float = 1.0) -> dict:
+            max_run_s: float = 10.0, threads: int | None = None, rate_s: float = 1.0, full_memory: bool = False) -> dict:
     """Time, CPU time and peak memory of one method at one shape (call it in a fresh process for clean memory).
 
     The full ``n x n`` problem is timed when a probe predicts it fits ``max_run_s``; otherwise an ``m x m`` sub-problem
     (first m texts, first m videos) sized to about ``max_run_s`` is timed, plus one ``m/2 x m/2`` run, and the time
     is extrapolated with :func:`fit_extrapolate` (per-pair work scales with the pairs, per-item work with N).
+    ``full_memory``: peak memory from one extra run at the full ``n x n`` even then (its time is reported too).
     """
     dev, dt = _configure(device, dtype, threads)
     shape = SHAPES[shape_name]
@@ -268,19 +286,29 @@ def measure(method: str, shape_name: str, n: int, device: str = "cpu", dtype: st
             raise FloatingPointError(f"{method}: non-finite scores")
         return t, c
 
-    # Probe (also the warm-up of every code path) on a small square, then choose the timed size.
-    probe = min(n, 32)
+    # Probes (also the warm-up of every code path) on two small squares, then choose the timed size.
+    p1, p2 = min(n, 16), min(n, 32)
     mem = PeakMemory(dev)
     mem.start()
-    t_probe, _ = run(probe)
+    t1, _ = run(p1)
+    t2, _ = run(p2)
     probe_peak = mem.peak_bytes()
-    est_full = t_probe * (n / probe) ** 2  # pessimistic (all work per pair)
-    m = n if est_full <= max_run_s else max(probe, min(n, int(probe * math.sqrt(max_run_s / t_probe)) // 8 * 8))
-    if m == probe:
+    est_full, a, b = fit_extrapolate([(p1, t1), (p2, t2)], n)
+    if est_full <= max_run_s:
+        m = n
+    else:  # the largest m with a m + b m^2 <= budget
+        m_fit = (-a + math.sqrt(a * a + 4 * b * max_run_s)) / (2 * b) if b > 0 else max_run_s / max(a, 1e-12)
+        m = max(p2, min(n, int(m_fit) // 8 * 8))
+    full_run = None
+    if m == p2:
         peak = probe_peak
     else:  # peak memory of one run at the timed size (also the warm-up at that size)
         mem.start()
         run(m)
+        peak = mem.peak_bytes()
+    if full_memory and m < n:
+        mem.start()
+        full_run = run(n)
         peak = mem.peak_bytes()
     rate, cpu_rate = gemm_rate(shape, dev, dt, seconds=rate_s)  # the machine's state around these runs
     walls, cpus = [], []
@@ -292,14 +320,18 @@ def measure(method: str, shape_name: str, n: int, device: str = "cpu", dtype: st
     fit = {}
     if m < n:
         half = max(1, m // 2)
-        t_h, c_h = run(half)
-        wall, a, b = fit_extrapolate(half, t_h, m, wall, n)
-        cpu, _, _ = fit_extrapolate(half, c_h, m, cpu, n)
+        t_h, _ = run(half)
+        wall_m = wall
+        # the probe at p2 (warm by then) and the two timed sizes
+        wall, a, b = fit_extrapolate([(p2, t2), (half, t_h), (m, wall_m)] if p2 < half else [(half, t_h), (m, wall_m)],
+                                     n)
+        cpu *= wall / wall_m  # CPU time scaled by the same factor
         fit = {"half": half, "half_wall_s": t_h, "alpha": a, "beta": b,
                "per_item_share": a * n / wall if wall > 0 else 0.0}
     return {"method": method, "shape": shape_name, "n": n, "timed": m, "device": device, "dtype": dtype,
             "threads": torch.get_num_threads(), "wall_s": wall, "cpu_s": cpu, "wall_runs_s": walls,
-            "extrapolated": m < n, "fit": fit, "peak_bytes": peak, "rate_at_run": rate, "cpu_rate_at_run": cpu_rate,
+            "extrapolated": m < n, "fit": fit, "peak_bytes": peak, "peak_at": n if (m == n or full_run) else m,
+            "full_run_s": full_run[0] if full_run else None, "rate_at_run": rate, "cpu_rate_at_run": cpu_rate,
             "flops": method_flops(method, n, n, **shape), "loadavg": os.getloadavg()[0]}
 
 
@@ -415,17 +447,18 @@ def fmt_bytes(b: float) -> str:
     return f"{b / 2**20:,.0f}"
 
 
-def similarity_table(results: list[dict], rate: float, cpu_rate: float, n: int) -> tuple[str, dict]:
-    """Markdown table; floor = FLOPs / wall GEMM rate, cpu floor = FLOPs / GEMM rate per CPU-second."""
+def similarity_table(results: list[dict], n: int) -> tuple[str, dict]:
+    """Markdown table. floor = FLOPs / the GEMM rate measured in the method's own process right before its timed runs
+    (so a busy machine slows both alike); cpu floor likewise with the rate per CPU-second."""
     naive = next((r for r in results if r["method"] == "glccl_naive"), None)
     head = ("| method | timed | time (s) | cpu (s) | GFLOP | floor (s) | time/floor | cpu/cpu-floor | naive/x | "
             "peak MB |\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     derived = {}
     for r in results:
-        floor = r["flops"] / rate
+        floor = r["flops"] / r["rate_at_run"]
         ratio = r["wall_s"] / floor
-        cpu_ratio = r["cpu_s"] / (r["flops"] / cpu_rate)
+        cpu_ratio = r["cpu_s"] / (r["flops"] / r["cpu_rate_at_run"])
         vs_naive = naive["wall_s"] / r["wall_s"] if naive else float("nan")
         timed = f"{r['timed']}/{n}" + (" *" if r["extrapolated"] else "")
         lines.append(f"| {r['method']} | {timed} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['flops'] / 1e9:,.1f} | "
@@ -464,7 +497,7 @@ def targets(per_shape: dict, n: int, device: str, dtype: str) -> list[str]:
         x = d["naive_over"]
         out.append(f"- >= 5x faster than the naive form on CPU: {'MET' if x >= 5 else 'MISSED'}, {x:.1f}x")
     gb = fast["peak_bytes"] / 1e9
-    size = f"{n} x {n}" + ("" if fast["timed"] == n else f" (measured on {fast['timed']} x {fast['timed']})")
+    size = f"{n} x {n}" + ("" if fast["peak_at"] == n else f" (measured on {fast['peak_at']} x {fast['peak_at']})")
     out.append(f"- peak memory <= 2 GB for {size}: {'MET' if gb <= 2 else 'MISSED'}, {gb * 1000:.0f} MB above the inputs")
     return out
 
@@ -537,19 +570,25 @@ def main(argv: list[str] | None = None) -> int:
             for m in methods:
                 job = {"kind": "measure", "method": m, "shape_name": shape, "n": n, "device": args.device,
                        "dtype": dtype, "reps": reps, "max_run_s": max_run_glccl if m == "glccl" else max_run,
-                       "threads": args.threads, "rate_s": rate_s / 2}
+                       "threads": args.threads, "rate_s": rate_s / 2, "full_memory": m == "glccl"}
                 r = _worker_call(job, args.inprocess)
                 results.append(r)
                 print(f"  [{dtype} {shape}] {m}: {r['wall_s']:.2f} s ({r['timed']} x {r['timed']} timed)",
                       file=sys.stderr, flush=True)
-            table, derived = similarity_table(results, rate, cpu_rate, n)
+            table, derived = similarity_table(results, n)
             per_shape[shape] = {"rate": rate, "cpu_rate": cpu_rate, "results": results, "derived": derived,
                                 "table": table}
             print(f"\n## {shape} shape (K = {sh['K']}, Nw = {sh['Nw']}), {args.device} {dtype}, "
                   f"{rr['threads']} threads: GEMM [{TEXT_CHUNK * (2 + 2 * sh['Nw'])}, {sh['D']}] x "
                   f"[{sh['D']}, {VIDEO_CHUNK * sh['K']}] at {rate / 1e9:.1f} GFLOP/s "
-                  f"({cpu_rate / 1e9:.1f} per CPU-second)\n")
+                  f"({cpu_rate / 1e9:.1f} per CPU-second); during the methods' runs "
+                  f"{min(r['rate_at_run'] for r in results) / 1e9:.1f}-{max(r['rate_at_run'] for r in results) / 1e9:.1f}"
+                  f" GFLOP/s (each row's floor uses its own)\n")
             print(table)
+            for r in results:
+                if r.get("full_run_s") is not None:
+                    print(f"\n{r['method']}: one full {n} x {n} run took {r['full_run_s']:.2f} s (extrapolated from "
+                          f"{r['timed']} x {r['timed']}: {r['wall_s']:.2f} s); peak memory measured on it")
         lines = targets(per_shape, n, args.device, dtype)
         all_ok_lines += lines
         if lines:

@@ -101,20 +101,37 @@ def _skip_actor_cls():
 
     @ray.remote(num_cpus=0)
     class _SkipActor:
+        """One per driver session, shared by every SkipLog: entries are kept per log id."""
+
         def __init__(self):
-            self.items: dict[tuple[str, str], dict] = {}
-            self.events = 0
+            self.items: dict[str, dict[tuple[str, str], dict]] = {}
+            self.events: dict[str, int] = {}
 
-        def add(self, entries: list[dict]) -> int:
+        def add(self, log_id: str, entries: list[dict]) -> int:
+            items = self.items.setdefault(log_id, {})
             for e in entries:
-                self.items.setdefault((e.get("file") or e.get("item", ""), e.get("reason", "")), e)
-            self.events += len(entries)
-            return self.events
+                items.setdefault((e.get("file") or e.get("item", ""), e.get("reason", "")), e)
+            self.events[log_id] = self.events.get(log_id, 0) + len(entries)
+            return self.events[log_id]
 
-        def get(self) -> tuple[list[dict], int]:
-            return list(self.items.values()), self.events
+        def get(self, log_id: str) -> tuple[list[dict], int]:
+            return list(self.items.get(log_id, {}).values()), self.events.get(log_id, 0)
 
     return _SkipActor
+
+
+_SKIP_ACTORS: dict[str, object] = {}
+
+
+def _shared_skip_actor():
+    """The session's skip actor, started once (a new actor per dataset would cost a worker process each time)."""
+    import ray
+
+    key = f"{ray.get_runtime_context().get_session_name()}/{ray.get_runtime_context().get_job_id()}"
+    if key not in _SKIP_ACTORS:
+        _SKIP_ACTORS.clear()
+        _SKIP_ACTORS[key] = _skip_actor_cls().remote()
+    return _SKIP_ACTORS[key]
 
 
 class SkipLog:
@@ -124,14 +141,22 @@ class SkipLog:
     """
 
     def __init__(self, stage: str = "stream", max_fraction: float = 0.01):
+        import uuid
+
         self.stage = stage
         self.max_fraction = max_fraction
-        self.actor = _skip_actor_cls().remote()
+        self.log_id = uuid.uuid4().hex
+        self.actor = _shared_skip_actor()
+
+    def add(self, entries: list[dict]) -> None:
+        import ray
+
+        ray.get(self.actor.add.remote(self.log_id, entries))
 
     def entries(self) -> list[dict]:
         import ray
 
-        return ray.get(self.actor.get.remote())[0]
+        return ray.get(self.actor.get.remote(self.log_id))[0]
 
     def report(self, total: int | None = None) -> SkipReport:
         entries = self.entries()
@@ -147,9 +172,7 @@ def _log_skips(skip_log, entries: list[dict]) -> None:
     for e in entries:
         log.warning("skipped %s: %s %s", e.get("file") or e.get("item"), e.get("reason"), e.get("detail", ""))
     if skip_log is not None:
-        import ray
-
-        ray.get(skip_log.actor.add.remote(entries))
+        skip_log.add(entries)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -376,8 +399,8 @@ def video_dataset(manifest, split: str, *, num_frames: int, size: int, train: bo
     if items.num_rows == 0:
         raise ValueError(f"split {split!r} has no usable item")
     ds = ray.data.from_arrow(_blocks(items, batch_size))
-    if shuffle:  # a new block order on every execution (epoch); with a seed, the sequence of orders repeats
-        ds = ds.randomize_block_order(seed=seed)
+    if shuffle:  # a new block order on every execution (epoch); with a seed, the same sequence of orders every run
+        ds = ds.randomize_block_order(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True))
     common = {"num_frames": num_frames, "size": size, "train": train, "max_words": max_words, "seed": seed}
     if num_cpus is None:
         num_cpus = 0.25 if cache_dir is not None else 1.0

@@ -59,10 +59,14 @@ def test_worker_subprocess_measures_memory(bench):
 
 def test_fit_extrapolate(bench):
     # t(m) = 2 m + 0.5 m^2 exactly: the fit recovers it
-    t, a, b = bench.fit_extrapolate(10, 2 * 10 + 0.5 * 100, 20, 2 * 20 + 0.5 * 400, 1000)
+    pts = [(m, 2 * m + 0.5 * m * m) for m in (10, 20, 40)]
+    t, a, b = bench.fit_extrapolate(pts, 1000)
     assert a == pytest.approx(2) and b == pytest.approx(0.5) and t == pytest.approx(2000 + 500_000)
-    # a non-positive fit falls back to per-pair scaling of the larger run
-    assert bench.fit_extrapolate(10, 50.0, 20, 40.0, 40)[0] == pytest.approx(160.0)
+    # purely per-item work (no growth with pairs) is extrapolated linearly, not quadratically
+    t, a, b = bench.fit_extrapolate([(16, 1.6), (32, 3.2), (64, 6.4)], 1000)
+    assert b == pytest.approx(0, abs=1e-9) and t == pytest.approx(100.0)
+    # a single size: per-pair scaling
+    assert bench.fit_extrapolate([(20, 40.0)], 40)[0] == pytest.approx(160.0)
 
 
 def test_flops_and_features(bench):

@@ -139,7 +139,8 @@ def test_prepare_cache_and_read_it(ray_session, synth, tmp_path):
     b = decoded["frames"][torch.argsort(decoded["video_index"])]
     assert torch.equal(a, b)
     # training from the cache: every pair, random frames within segments (two epochs differ)
-    ds = video_dataset(path, "train", num_frames=K, size=S, train=True, max_words=L, cache=tmp_path / "cache")
+    ds = video_dataset(path, "train", num_frames=K, size=S, train=True, max_words=L, cache=tmp_path / "cache",
+                       batch_size=4)
     e1, e2 = _collect(ds), _collect(ds)
     assert sorted(e1["caption_index"].tolist()) == sorted(e2["caption_index"].tolist())
     assert len(e1["caption_index"]) == len(pa.parquet.read_table(path).filter(
