@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from glccl.losses import RetrievalLoss
 
 from glccl import engine
+from glccl.losses import RetrievalLoss
 from glccl.model import create_model
 
 WORLD = 2
