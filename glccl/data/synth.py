@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -253,18 +254,17 @@ def event_bounds(num_events: int, num_frames: int, rng: np.random.Generator) -> 
 
 def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
     """uint8 RGB ``[n, h, w, 3]`` (h, w even) -> planar yuv420p ``[n, h * 3 // 2, w]``: BT.601 limited range in 8-bit
-    fixed point (FFmpeg's coefficients), chroma from the 2x2 RGB mean. Done in integer NumPy rather than by FFmpeg's
-    scaler so that the encoder input is exactly reproducible."""
-    x = frames.astype(np.int32)
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
-    q = x[:, 0::2, 0::2] + x[:, 1::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 1::2]  # 4x the 2x2 mean
-    r4, g4, b4 = q[..., 0], q[..., 1], q[..., 2]
-    u = ((-38 * r4 - 74 * g4 + 112 * b4 + 512) >> 10) + 128
-    v = ((112 * r4 - 94 * g4 - 18 * b4 + 512) >> 10) + 128
-    n, h, w = y.shape
-    out = np.concatenate([y.reshape(n, -1), u.reshape(n, -1), v.reshape(n, -1)], axis=1)
-    return np.clip(out, 0, 255).astype(np.uint8).reshape(n, h * 3 // 2, w)
+    fixed point (FFmpeg's coefficients), chroma from the rounded 2x2 RGB mean. Integer NumPy (16-bit, no overflow)
+    rather than FFmpeg's scaler, so that the encoder input is exactly reproducible."""
+    n, h, w, _ = frames.shape
+    out = np.empty((n, h * 3 // 2, w), np.uint8)
+    x = frames.astype(np.uint16)
+    out[:, :h] = ((66 * x[..., 0] + 129 * x[..., 1] + 25 * x[..., 2] + 128) >> 8) + 16  # <= 56228 before the shift
+    m = ((x[:, 0::2, 0::2] + x[:, 1::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 1::2] + 2) >> 2).astype(np.int16)
+    r, g, b = m[..., 0], m[..., 1], m[..., 2]
+    out[:, h:h + h // 4] = (((-38 * r - 74 * g + 112 * b + 128) >> 8) + 128).reshape(n, h // 4, w)  # |.| <= 28688
+    out[:, h + h // 4:] = (((112 * r - 94 * g - 18 * b + 128) >> 8) + 128).reshape(n, h // 4, w)
+    return out
 
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int, crf: int = 18) -> None:
@@ -297,6 +297,17 @@ def _render_task(task: tuple) -> tuple[str, int, list[int]]:
     frames = render_video([tuple(e) for e in events], bounds, size, rng)
     write_mp4(path, frames, fps)
     return vid, os.path.getsize(path), bounds
+
+
+def _mp_context():
+    """fork where it is safe (Linux, no Ray in this process: workers inherit the imports, which saves seconds per
+    worker since importing ``glccl`` loads torch), else spawn."""
+    import multiprocessing as mp
+
+    ray = sys.modules.get("ray")
+    if "fork" in mp.get_all_start_methods() and (ray is None or not ray.is_initialized()):
+        return get_context("fork")
+    return get_context("spawn")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -343,7 +354,7 @@ def generate(out_dir: str | os.PathLike = "data/synth", *, num_train: int = 800,
             if progress:
                 progress(1)
     else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as ex:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) as ex:
             for vid, nbytes, bounds in ex.map(_render_task, tasks, chunksize=max(1, min(16, len(tasks) // (4 * workers)))):
                 results[vid] = (nbytes, bounds)
                 if progress:
