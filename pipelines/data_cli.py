@@ -52,7 +52,7 @@ def cmd_synth(args) -> int:
     with tqdm(total=total, desc="synth", unit="video", dynamic_ncols=True, disable=args.quiet) as bar:
         s = generate(args.out, num_train=args.num_train, num_val=args.num_val, num_test=args.num_test,
                      seed=args.seed, size=args.size, fps=args.fps, seconds=args.seconds, workers=args.workers,
-                     progress=bar.update)
+                     events=args.events, progress=bar.update)
     dt = time.perf_counter() - t0
     _summary("glccl data synth", total, 0, dt, "videos", {
         "output": s["out_dir"],
@@ -179,6 +179,17 @@ def cmd_prepare(args) -> int:
     return 1 if bad else 0
 
 
+def events_range(text: str) -> tuple[int, int]:
+    """``"MIN-MAX"`` or ``"N"`` -> ``(min, max)`` events per video (argparse type)."""
+    from glccl.data.synth import check_events
+
+    try:
+        lo, _, hi = text.partition("-")
+        return check_events((int(lo), int(hi or lo)))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected MIN-MAX or N events per video ({e})") from None
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -202,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=96, help="frame width and height in pixels")
     s.add_argument("--fps", type=int, default=10)
     s.add_argument("--seconds", type=float, default=5.0, help="length of every video")
+    s.add_argument("--events", type=events_range, default=(2, 4), metavar="MIN-MAX",
+                   help="events per video, e.g. 6-10 or 3 (default 2-4; longer videos can hold more)")
     s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_synth)

@@ -124,3 +124,49 @@ def test_refuses_to_overwrite_foreign_folder(tmp_path):
     with pytest.raises(FileExistsError):
         generate(tmp_path, workers=1, **SMALL)
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_events_per_video_range(tmp_path):
+    """``events=(min, max)``: longer videos with more events; evaluation captions still match only their own video."""
+    s = generate(tmp_path, workers=1, **{**SMALL, "num_train": 4, "num_val": 0, "num_test": 6, "seconds": 4.0},
+                 events=(6, 8))
+    assert s["params"]["events"] == [6, 8]
+    events = json.loads((tmp_path / "events.json").read_text())
+    caps = json.loads((tmp_path / "captions.json").read_text())
+    assert set(events) == {f"train{i:05d}" for i in range(4)} | {f"test{i:05d}" for i in range(6)}
+    for vid, evs in events.items():
+        assert 6 <= len(evs) <= 8 and evs[-1]["end"] == 32
+        assert all(e["end"] - e["start"] >= 2 for e in evs)  # 32 frames: every event is visible
+        if vid.startswith("train"):
+            assert len(caps[vid]) == 2 * len(evs) - 1
+    plan = plan_eval(60, np.random.default_rng([0, 2]), events=(7, 11))
+    videos = [ev for ev, _ in plan]
+    assert all(7 <= len(v) <= 11 for v in videos)
+    for i, (_, (cap,)) in enumerate(plan):
+        assert [j for j, ev in enumerate(videos) if _matches(cap, ev)] == [i]
+    assert plan_train(5, np.random.default_rng(0)) == plan_train(5, np.random.default_rng(0), events=(2, 4))
+
+
+def test_events_argument_checked(tmp_path):
+    for bad in ((0, 2), (3, 2), (2, 33)):
+        with pytest.raises(ValueError, match="events per video"):
+            generate(tmp_path / "x", workers=1, **SMALL, events=bad)
+    with pytest.raises(ValueError, match="too few"):
+        generate(tmp_path / "y", workers=1, **{**SMALL, "fps": 2, "seconds": 2.0}, events=(2, 6))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()  # checked before anything is written
+
+
+def test_synth_cli_events(tmp_path, capsys):
+    from pipelines.cli import main as glccl
+
+    args = ["data", "synth", "--out", str(tmp_path / "s"), "--num-train", "2", "--num-val", "0", "--num-test", "2",
+            "--size", "32", "--fps", "8", "--seconds", "2", "--workers", "1", "--quiet"]
+    assert glccl(args + ["--events", "5-6"]) == 0
+    events = json.loads((tmp_path / "s" / "events.json").read_text())
+    assert len(events) == 4 and all(5 <= len(e) <= 6 for e in events.values())
+    assert json.loads((tmp_path / "s" / "synth_meta.json").read_text())["params"]["events"] == [5, 6]
+    assert glccl(args + ["--events", "3"]) == 0
+    assert all(len(e) == 3 for e in json.loads((tmp_path / "s" / "events.json").read_text()).values())
+    with pytest.raises(SystemExit) as e:
+        glccl(args + ["--events", "4-2"])
+    assert e.value.code == 2 and "events per video" in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """A synthetic text-video retrieval benchmark built around partial relevance (``glccl data synth``).
 
-Each video is 2-4 consecutive *events*; an event is one big coloured shape crossing the frame in one direction over a
-mildly textured background, with a fading trail behind it (so that the direction is visible in single frames too). A
+Each video is 2-4 consecutive *events* (by default; ``events=(min, max)`` sets the range); an event is one big
+coloured shape crossing the frame in one direction over a mildly textured background, with a fading trail behind it
+(so that the direction is visible in single frames too). A
 caption describes one event ("a red circle moves left") or, sometimes, two consecutive events in order ("a red circle
 moves left then a blue square moves up"): it is relevant to only part of its video, which is the premise that
 text-guided frame pooling exploits and mean pooling does not.
@@ -74,8 +75,21 @@ def caption_text(events: list[Event]) -> str:
 # planning (cheap, sequential, deterministic)
 
 
-def _sample_events(rng: np.random.Generator, forbid: set[Event] | None = None) -> list[Event]:
-    n = int(rng.integers(2, 5))  # 2..4 events
+DEFAULT_EVENTS = (2, 4)
+MAX_EVENTS = len(COLOURS) * len(SHAPES)  # every event of a video has a different (colour, shape)
+
+
+def check_events(events: tuple[int, int]) -> tuple[int, int]:
+    """``(min, max)`` events per video as ints; ``1 <= min <= max <= MAX_EVENTS`` or ``ValueError``."""
+    lo, hi = (int(x) for x in events)
+    if not 1 <= lo <= hi <= MAX_EVENTS:
+        raise ValueError(f"events per video must satisfy 1 <= min <= max <= {MAX_EVENTS}, got ({lo}, {hi})")
+    return lo, hi
+
+
+def _sample_events(rng: np.random.Generator, forbid: set[Event] | None = None,
+                   events: tuple[int, int] = DEFAULT_EVENTS) -> list[Event]:
+    n = int(rng.integers(events[0], events[1] + 1))  # min..max events (default 2..4)
     colours, shapes, dirs = list(COLOURS), SHAPES, list(DIRECTIONS)
     out: list[Event] = []
     used: set[tuple[str, str]] = set()
@@ -97,18 +111,24 @@ def _has_pair(events: list[Event], a: Event, b: Event) -> bool:
     return b in events[i + 1:]
 
 
-def plan_train(n: int, rng: np.random.Generator) -> list[tuple[list[Event], list[list[Event]]]]:
+def plan_train(n: int, rng: np.random.Generator,
+               events: tuple[int, int] = DEFAULT_EVENTS) -> list[tuple[list[Event], list[list[Event]]]]:
     """Events and captions (as event lists) of ``n`` training videos: every single event and every consecutive pair."""
     out = []
     for _ in range(n):
-        ev = _sample_events(rng)
+        ev = _sample_events(rng, events=events)
         caps = [[e] for e in ev] + [[ev[j], ev[j + 1]] for j in range(len(ev) - 1)]
         out.append((ev, caps))
     return out
 
 
-def plan_eval(n: int, rng: np.random.Generator, p_single: float = 0.8) -> list[tuple[list[Event], list[list[Event]]]]:
-    """``n`` videos with one caption each that matches its own video only (see the module docstring)."""
+def plan_eval(n: int, rng: np.random.Generator, p_single: float = 0.8,
+              events: tuple[int, int] = DEFAULT_EVENTS) -> list[tuple[list[Event], list[list[Event]]]]:
+    """``n`` videos with one caption each that matches its own video only (see the module docstring).
+
+    With many events per video most event types soon occur in some planned video, so later captions are mostly
+    two-event ones (the single-event share drops below ``p_single``).
+    """
     videos: list[list[Event]] = []
     caps: list[list[Event]] = []
     seen: set[Event] = set()        # event types present in some planned video
@@ -116,7 +136,7 @@ def plan_eval(n: int, rng: np.random.Generator, p_single: float = 0.8) -> list[t
     pairs: list[tuple[Event, Event]] = []  # ordered pairs used as captions: may occur in no other video
     for _ in range(n):
         for _attempt in range(10_000):
-            ev = _sample_events(rng, forbid=reserved)
+            ev = _sample_events(rng, forbid=reserved, events=events)
             if any(_has_pair(ev, a, b) for a, b in pairs):
                 continue
             singles = [e for e in ev if e not in seen]
@@ -315,12 +335,20 @@ def _mp_context():
 
 def generate(out_dir: str | os.PathLike = "data/synth", *, num_train: int = 800, num_val: int = 100,
              num_test: int = 100, seed: int = 0, size: int = 96, fps: int = 10, seconds: float = 5.0,
-             workers: int | None = None, p_single: float = 0.8,
+             workers: int | None = None, p_single: float = 0.8, events: tuple[int, int] = DEFAULT_EVENTS,
              progress: Callable[[int], None] | None = None) -> dict:
     """Write the synthetic benchmark to ``out_dir`` (see the module docstring) and return a summary dict.
 
-    ``out_dir`` must be empty, absent, or a previous output of this function (which is then replaced).
+    ``out_dir`` must be empty, absent, or a previous output of this function (which is then replaced). ``events``:
+    ``(min, max)`` events per video (inclusive; the default 2-4 gives the same files as before the option existed);
+    every video has ``round(fps * seconds)`` frames (at least 4), which must be at least ``max`` (with fewer than 2
+    frames per event an event may get no frame).
     """
+    per_video = check_events(events)
+    num_frames = max(4, int(round(fps * seconds)))
+    if num_frames < per_video[1]:
+        raise ValueError(f"{num_frames} frames per video (fps {fps} x {seconds} s) are too few for up to {per_video[1]} "
+                         f"events")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         if not (out / "synth_meta.json").is_file():
@@ -330,12 +358,11 @@ def generate(out_dir: str | os.PathLike = "data/synth", *, num_train: int = 800,
             (out / name).unlink(missing_ok=True)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    num_frames = max(4, int(round(fps * seconds)))
     counts = {"train": num_train, "val": num_val, "test": num_test}
     plans: dict[str, list] = {}
     for split, n in counts.items():
         rng = np.random.default_rng([seed, _SPLIT_CODE[split]])
-        plans[split] = plan_train(n, rng) if split == "train" else plan_eval(n, rng, p_single)
+        plans[split] = plan_train(n, rng, per_video) if split == "train" else plan_eval(n, rng, p_single, per_video)
     captions: dict[str, list[str]] = {}
     tasks = []
     for split, plan in plans.items():
@@ -382,7 +409,8 @@ def generate(out_dir: str | os.PathLike = "data/synth", *, num_train: int = 800,
         "bytes": int(sum(b for b, _ in results.values())),
         "seconds": round(elapsed, 2),
         "params": {"seed": seed, "size": size, "fps": fps, "seconds": seconds, "frames_per_video": num_frames,
-                   "num_train": num_train, "num_val": num_val, "num_test": num_test, "p_single": p_single},
+                   "num_train": num_train, "num_val": num_val, "num_test": num_test, "p_single": p_single,
+                   "events": list(per_video)},
         "vocabulary": {"colours": list(COLOURS), "shapes": list(SHAPES), "directions": list(DIRECTIONS)},
         "format": "msvd (captions.json + {split}_list.txt + videos/<id>.mp4)",
     }
