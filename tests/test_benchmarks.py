@@ -76,3 +76,112 @@ def test_flops_and_features(bench):
     text, video, t2v = bench.structured_features(20, {"K": 4, "Nw": 8, "D": 16})
     assert text["words"].shape == (20, 8, 16) and video["frames"].shape == (20, 4, 16)
     assert bool(text["word_mask"][:, :8].all()) and t2v.tolist() == list(range(20))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# benchmarks/compare_heads.py
+
+
+@pytest.fixture(scope="module")
+def heads_bench():
+    import sys
+
+    spec = importlib.util.spec_from_file_location("bench_compare_heads", ROOT / "benchmarks" / "compare_heads.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    yield mod
+    sys.modules.pop(spec.name, None)
+
+
+def test_compare_heads_smoke(heads_bench, tmp_path, monkeypatch, capsys):
+    """Two heads, K = 4, a few videos, 2 steps: JSON, table, BENCHMARKS section, PNG and MLflow run, sane values."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    md = tmp_path / "BENCH.md"
+    md.write_text("# Benchmarks\n\n## Other\n\nkeep me\n")
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["--heads", "glccl,meanp", "--frames", "4", "--num-train", "8", "--num-test", "6", "--steps", "2",
+            "--batch-size", "4", "--events", "2-3", "--seconds", "1.5", "--fps", "8", "--cost-n", "8",
+            "--cost-dim", "32", "--cost-words", "8", "--cost-reps", "1", "--cost-rate-s", "0.02", "--inprocess",
+            "--threads", "1", "--data-root", str(tmp_path / "data"), "--out-dir", str(out), "--bench-md", str(md),
+            "--tracking-uri", uri]
+    assert heads_bench.main(args) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "compare_heads.json").read_text())
+    assert [(r["head"], r["K"]) for r in report["accuracy"]] == [("glccl", 4), ("meanp", 4)]
+    for r in report["accuracy"]:
+        t = r["test"]
+        assert t["num_videos"] == 6 and t["num_texts"] == 6 and r["train"]["steps"] == 2
+        for d in ("t2v", "v2t"):
+            assert 0 <= t[f"{d}/R@1"] <= t[f"{d}/R@5"] <= 100 and 1 <= t[f"{d}/MnR"] <= 6
+        assert math.isfinite(r["train"]["loss_last10"]) and r["train"]["train_s"] > 0
+    data = report["data"]["4"]
+    assert data["train_videos"] == 8 and data["events"] == [2, 3] and data["frames_per_video"] == 12
+    cost = {r["head"]: r for r in report["cost"]}
+    assert set(cost) == {"glccl", "meanp"}
+    for r in cost.values():
+        assert r["K"] == 4 and r["n"] == 8 and r["wall_s"] > 0 and r["flops"] > 0 and r["peak_bytes"] >= 0
+    assert cost["glccl"]["flops"] > cost["meanp"]["flops"]
+    assert cost["glccl"]["head_params"] > 0 and cost["meanp"]["head_params"] == 0
+    assert report["conclusions"] and any("GLCCL vs MeanP" in s for s in report["conclusions"])
+    # table: printed, in the .md file, and as a section of BENCH.md that keeps the rest of the file
+    for text in (printed, (out / "compare_heads.md").read_text(), md.read_text()):
+        assert heads_bench.SECTION in text and "| 4 | glccl |" in text and "| 4 | meanp |" in text
+    bench = md.read_text()
+    assert bench.startswith("# Benchmarks\n\n## Other\n\nkeep me\n") and bench.count(heads_bench.SECTION) == 1
+    assert "![accuracy vs cost, cost vs K](out/compare_heads.png)" in bench
+    assert (out / "compare_heads.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # one finished MLflow run with the numbers, the training curves and the three files
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("glccl-bench").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].info.run_id == report["mlflow"]["run_id"]
+    m = runs[0].data.metrics
+    assert m["glccl/K4/test/t2v/R1"] == report["accuracy"][0]["test"]["t2v/R@1"]
+    assert m["meanp/K4/cost/gflop"] == pytest.approx(cost["meanp"]["flops"] / 1e9)
+    assert runs[0].data.params["arg.heads"] == "glccl,meanp"
+    assert [x.step for x in client.get_metric_history(runs[0].info.run_id, "meanp/K4/train/loss")] == [1, 2]
+    assert {a.path for a in client.list_artifacts(runs[0].info.run_id)} == {
+        "compare_heads.json", "compare_heads.md", "compare_heads.png"}
+
+
+def test_compare_heads_cost_worker_subprocess(heads_bench):
+    r = heads_bench.measure_cost("xpool", 4, n=8, Nw=8, D=16, reps=1, rate_s=0.02, threads=1)
+    assert r["head"] == "xpool" and r["K"] == 4 and r["timed"] == 8 and r["wall_s"] > 0
+    assert r["flops"] == heads_bench.simbench.method_flops("xpool", 8, 8, K=4, Nw=8, D=16)
+    assert r["head_params"] > 0 and 0 <= r["peak_bytes"] < 2e9
+
+
+def test_compare_heads_helpers(heads_bench):
+    hb = heads_bench
+    # default video schedule: more events and longer videos as K grows, always more frames than K
+    assert [hb.video_spec(K)["events"] for K in (12, 32, 64)] == [(2, 4), (4, 6), (7, 11)]
+    assert hb.video_spec(12)["seconds"] == 5.0
+    assert all(hb.video_spec(K)["frames_per_video"] >= K for K in (4, 12, 32, 64, 100))
+    assert hb.video_spec(64, events=(6, 10), seconds=8.0)["frames_per_video"] == 80
+    # the section is replaced in place (the rest kept), or appended
+    text = "# B\n\n## A\n\na\n\n" + hb.SECTION + "\n\nold\n\n## C\n\nc\n"
+    new = hb.replace_section(text, hb.SECTION + "\n\nnew\n")
+    assert new == "# B\n\n## A\n\na\n\n" + hb.SECTION + "\n\nnew\n\n## C\n\nc\n"
+    assert hb.replace_section(new, hb.SECTION + "\n\nnew\n") == new
+    assert hb.replace_section("# B\n", hb.SECTION + "\n\nx\n") == "# B\n\n" + hb.SECTION + "\n\nx\n"
+    # batches: no video twice in a batch, each pass one caption per video, passes see different captions
+    import numpy as np
+    import torch
+
+    caps = [np.arange(3 * v, 3 * v + 3) for v in range(10)]
+    split = hb.Split(video_ids=[str(v) for v in range(10)], frames=torch.zeros(10, 2, 4, 4, 3, dtype=torch.uint8),
+                     frame_mask=torch.ones(10, 2, dtype=torch.bool), captions=[["c"] * 3] * 10,
+                     tokens=torch.zeros(30, 8, dtype=torch.long), caption_video=torch.arange(10).repeat_interleave(3),
+                     video_captions=caps)
+    recipe = hb.Recipe(batch_size=5, captions_per_video=2)
+    batches = hb.epoch_batches(split, recipe, np.random.default_rng(0))
+    assert len(batches) == 4 == hb.steps_per_epoch(10, recipe)
+    seen: dict[int, set] = {}
+    for vids, cs in batches:
+        assert len(set(vids.tolist())) == 5 and all(c // 3 == v for v, c in zip(vids, cs))
+        for v, c in zip(vids.tolist(), cs.tolist()):
+            seen.setdefault(v, set()).add(c)
+    assert all(len(s) == 2 for s in seen.values())
+    assert len(list(hb.batch_stream(split, hb.Recipe(batch_size=5, steps=7), 7))) == 7
