@@ -7,9 +7,22 @@
     score, parts = model.score(**{k: out[k] for k in glccl.FEATURE_KEYS})
 """
 
-from glccl.engine import FEATURE_KEYS
-from glccl.model import GLCCL, create_model, create_model_from_config, list_presets, preset_image_size
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+# Lazy: ``import glccl.data.frames`` (in a Ray decode worker, say) must not pay for torch and open_clip.
+_LAZY = {"FEATURE_KEYS": "glccl.engine", "GLCCL": "glccl.model", "create_model": "glccl.model",
+         "create_model_from_config": "glccl.model", "list_presets": "glccl.model", "preset_image_size": "glccl.model"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'glccl' has no attribute {name!r}")
 
 __all__ = ["FEATURE_KEYS", "GLCCL", "create_model", "create_model_from_config", "list_presets", "preset_image_size"]

@@ -34,7 +34,8 @@ def _check(cond: bool, key: str, msg: str) -> None:
 @dataclass
 class ModelConfig:
     preset: str = "tiny"
-    """Encoder preset: ``tiny`` (tests, demo), ``vit-b-32`` (OpenAI ViT-B/32, QuickGELU) or ``vit-b-16``."""
+    """Encoder preset: ``tiny`` (tests), ``tiny-rn`` (the demo), ``vit-b-32`` (OpenAI ViT-B/32, QuickGELU) or
+    ``vit-b-16``."""
     pretrained: str | None = None
     """Local weight file (OpenAI TorchScript ``.pt``, plain state dict or open_clip checkpoint), or an explicit hub tag
     (``openai``, ``hf-hub:...``) which is the only thing that ever touches the network. None: random init."""
@@ -53,6 +54,9 @@ class ModelConfig:
     """Videos per chunk in the similarity stage: bounds peak memory of scoring."""
     mask_padding: bool = True
     """Mask padded words and frames in the head (False reproduces the released code)."""
+    logit_scale_init: float | None = None
+    """Initial similarity scale λ (not its log); None keeps CLIP's (1/0.07 at random init, the weights' value when
+    pretrained). A from-scratch model learns faster starting sharper (the demo uses 30)."""
 
     def validate(self, prefix: str = "model") -> None:
         _check(self.num_frames >= 1, f"{prefix}.num_frames", f"must be >= 1, got {self.num_frames}")
@@ -60,6 +64,8 @@ class ModelConfig:
         _check(self.temporal_layers >= 0, f"{prefix}.temporal_layers", "must be >= 0")
         _check(self.glim_temperature > 0, f"{prefix}.glim_temperature", "must be > 0")
         _check(self.sim_chunk >= 1, f"{prefix}.sim_chunk", "must be >= 1")
+        _check(self.logit_scale_init is None or self.logit_scale_init > 0, f"{prefix}.logit_scale_init",
+               f"must be > 0 (the scale itself, not its log), got {self.logit_scale_init}")
 
 
 @dataclass

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -124,7 +125,8 @@ class GLCCL(nn.Module):
 
 def create_model(preset: str = "tiny", pretrained: str | None = None, head: str = "glccl", num_frames: int = 12,
                  max_words: int = 32, temporal_layers: int = 4, glim_temperature: float = 5.0,
-                 grad_checkpointing: bool = False, mask_padding: bool = True, **head_kwargs) -> GLCCL:
+                 grad_checkpointing: bool = False, mask_padding: bool = True, logit_scale_init: float | None = None,
+                 **head_kwargs) -> GLCCL:
     """Build a :class:`GLCCL`.
 
     Args:
@@ -137,6 +139,7 @@ def create_model(preset: str = "tiny", pretrained: str | None = None, head: str 
         glim_temperature: GLIM softmax temperature.
         grad_checkpointing: recompute CLIP and temporal blocks in backward.
         mask_padding: mask padded words/frames in the head (False reproduces the released code).
+        logit_scale_init: initial similarity scale λ (after loading weights); None keeps CLIP's.
         **head_kwargs: passed on to the head.
 
     Raises:
@@ -158,6 +161,11 @@ def create_model(preset: str = "tiny", pretrained: str | None = None, head: str 
     temporal = TemporalTransformer.from_clip(clip, layers=temporal_layers, max_positions=max(77, num_frames))
     model = GLCCL(clip, temporal, head_module, preset=preset, max_words=max_words, num_frames=num_frames,
                   mask_padding=mask_padding)
+    if logit_scale_init is not None:
+        if not logit_scale_init > 0:
+            raise ValueError(f"logit_scale_init must be > 0 (the scale, not its log), got {logit_scale_init}")
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(logit_scale_init))
     if grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model
@@ -168,4 +176,4 @@ def create_model_from_config(cfg) -> GLCCL:
     return create_model(preset=cfg.preset, pretrained=cfg.pretrained, head=cfg.head, num_frames=cfg.num_frames,
                         max_words=cfg.max_words, temporal_layers=cfg.temporal_layers,
                         glim_temperature=cfg.glim_temperature, grad_checkpointing=cfg.grad_checkpointing,
-                        mask_padding=cfg.mask_padding)
+                        mask_padding=cfg.mask_padding, logit_scale_init=cfg.logit_scale_init)

@@ -68,3 +68,18 @@ def test_glccl_imports_without_ray_and_mlflow():
     proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+
+
+def test_data_modules_import_without_torch():
+    """Ray decode workers import glccl.data.* and pipelines.data: they must not pay for torch and open_clip."""
+    code = ("import sys; import glccl.data.frames, glccl.data.manifest, pipelines.data; "
+            "heavy = sorted(m for m in ('torch', 'open_clip', 'ray', 'mlflow') if m in sys.modules); "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    # and the package's public names still resolve (lazily)
+    proc = subprocess.run([sys.executable, "-c", "import glccl; print(glccl.create_model.__name__, glccl.FEATURE_KEYS)"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "create_model" in proc.stdout, proc.stderr[-3000:]

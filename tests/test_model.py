@@ -125,11 +125,11 @@ def test_parameter_groups_partition(model):
     assert id(model.head.global_mat_weight) in rest_ids and id(model.temporal.position_embedding) in rest_ids
 
 
-@pytest.mark.parametrize("head", ["glccl", "meanp"])
-def test_train_step_tiny(head):
+@pytest.mark.parametrize("preset,head", [("tiny", "glccl"), ("tiny", "meanp"), ("tiny-rn", "glccl")])
+def test_train_step_tiny(preset, head):
     """fwd + bwd + AdamW on 4 captions + 4 videos x 12 frames (timing printed, not asserted)."""
     torch.manual_seed(0)
-    m = create_model("tiny", head=head, num_frames=K, max_words=NW).train()
+    m = create_model(preset, head=head, num_frames=K, max_words=NW).train()
     opt = torch.optim.AdamW([{"params": m.clip_parameters(), "lr": 1e-7},
                              {"params": m.non_clip_parameters(), "lr": 1e-4}], weight_decay=0.2)
     tokens, frames = _tokens(m, 4), _frames(m, 4)
@@ -154,7 +154,7 @@ def test_train_step_tiny(head):
         t = time.perf_counter()
         loss = step()
         times.append(time.perf_counter() - t)
-    print(f"\n[tiny {head}] train step (fwd+bwd+AdamW, 4 captions, 4x{K} frames): "
+    print(f"\n[{preset} {head}] train step (fwd+bwd+AdamW, 4 captions, 4x{K} frames): "
           f"{min(times) * 1000:.0f} ms (median {sorted(times)[1] * 1000:.0f} ms), loss {loss:.4f}")
     assert torch.isfinite(torch.tensor(loss))
     changed = {n for n, p in m.named_parameters() if not torch.equal(p, before[n])}
@@ -220,3 +220,19 @@ def test_from_config_and_errors(tmp_path):
         create_model("tiny", head="nope")
     with pytest.raises(WeightsError, match="no such file"):
         create_model("tiny", pretrained=str(tmp_path / "missing.pt"))
+
+
+def test_logit_scale_init():
+    torch.manual_seed(0)
+    default = create_model("tiny", head="meanp", num_frames=4, max_words=8)
+    assert default.logit_scale.exp().item() == pytest.approx(1 / 0.07, rel=1e-5)  # CLIP's init
+    m = create_model("tiny", head="meanp", num_frames=4, max_words=8, logit_scale_init=30.0)
+    assert m.logit_scale.exp().item() == pytest.approx(30.0, rel=1e-5)
+    with pytest.raises(ValueError, match="logit_scale_init"):
+        create_model("tiny", head="meanp", num_frames=4, max_words=8, logit_scale_init=0.0)
+    from glccl.config import ConfigError, load_config
+
+    cfg = load_config({"model": {"preset": "tiny-rn", "logit_scale_init": 30}})
+    assert create_model_from_config(cfg.model).logit_scale.exp().item() == pytest.approx(30.0, rel=1e-5)
+    with pytest.raises(ConfigError, match="model.logit_scale_init"):
+        load_config({"model": {"logit_scale_init": -1}})
