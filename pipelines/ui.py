@@ -59,6 +59,22 @@ def stop_server(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
         pass
 
 
+def experiment_urls(uri: str, base: str) -> list[tuple[str, str]]:
+    """``(experiment name, URL of its runs table)`` for every experiment with runs in the store.
+
+    MLflow 3 opens experiments on its GenAI overview; ``workflowType=machine_learning`` opens the runs table (sweep
+    children nested under their parent run) that training runs are compared in.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    out = []
+    for exp in client.search_experiments():
+        if client.search_runs([exp.experiment_id], max_results=1):
+            out.append((exp.name, f"{base}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"))
+    return out
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="glccl ui", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--storage", default="runs", help="the project's runs/ folder (holds mlflow.db)")
@@ -70,8 +86,11 @@ def main(argv: list[str]) -> int:
         print(f"MLFLOW_TRACKING_URI points at a server already: {backend}")
         return 0
     proc = start_server(args.storage, args.host, args.port, backend_uri=backend)
-    print(f"MLflow UI: http://{args.host}:{args.port}  (store: {backend or tracking.default_tracking_uri(args.storage)};"
-          f" pid {proc.pid}; Ctrl-C to stop)", flush=True)
+    uri = backend or tracking.default_tracking_uri(args.storage)
+    base = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI: {base}  (store: {uri}; pid {proc.pid}; Ctrl-C to stop)", flush=True)
+    for name, url in experiment_urls(uri, base):
+        print(f"  {name}: {url}", flush=True)
     try:
         proc.wait()
     except KeyboardInterrupt:

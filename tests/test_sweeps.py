@@ -4,7 +4,10 @@ is killed and then resumed to completion without duplicate runs."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -87,14 +90,21 @@ def _runs(storage: Path):
     return client, parents, children
 
 
-@pytest.mark.ray
-def test_two_trial_sweep_records_parent_and_children(ray_session, tiny_synth, tmp_path):
+@pytest.fixture(scope="module")
+def two_trial_sweep(ray_session, tiny_synth, tmp_path_factory):
+    """A real 2-trial sweep on the session's local Ray; returns (its output, its storage folder)."""
     from sweeps.tune import run_sweep
 
+    tmp_path = tmp_path_factory.mktemp("sweep2")
     sweep = load_sweep(_sweep_file(tmp_path, tiny_synth, "two", samples=2))
-    out = run_sweep(sweep)
+    return run_sweep(sweep), tmp_path / "runs"
+
+
+@pytest.mark.ray
+def test_two_trial_sweep_records_parent_and_children(two_trial_sweep):
+    out, storage = two_trial_sweep
     assert out["trials"] == 2 and out["best_config"] is not None
-    client, parents, children = _runs(tmp_path / "runs")
+    client, parents, children = _runs(storage)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 2
     for child in children:
@@ -106,6 +116,59 @@ def test_two_trial_sweep_records_parent_and_children(ray_session, tiny_synth, tm
     assert len(etas) == 2, "both trials ran the same sampled config"
     arts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "sweep")}
     assert {"sweep/trials.csv", "sweep/best.yaml", "sweep/sweep.yaml"} <= arts
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _page_text(html: str) -> str:
+    html = re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+@pytest.mark.ray
+@pytest.mark.skipif(_chromium() is None, reason="needs headless Chromium (Debian: apt-get install chromium)")
+def test_glccl_ui_lists_the_sweep_runs_in_a_real_browser(two_trial_sweep):
+    """`glccl ui` over the sweep's store, its runs page rendered by headless Chromium: the parent and both trials."""
+    _, storage = two_trial_sweep
+    client, parents, children = _runs(storage)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    ui = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "ui", "--storage", str(storage), "--port", str(port)],
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            line = ui.stdout.readline()
+            assert line or ui.poll() is None, "glccl ui exited:\n" + "".join(lines)
+            lines.append(line)
+            if "test-sweeps:" in line:
+                break
+        url = next((ln.split(": ", 1)[1].strip() for ln in lines if "test-sweeps:" in ln), None)
+        assert url and url.startswith(f"http://127.0.0.1:{port}/#/experiments/"), "".join(lines)
+        page = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                               "--virtual-time-budget=30000", "--dump-dom", url],
+                              capture_output=True, text=True, timeout=180)
+        text = _page_text(page.stdout)
+        assert parents[0].info.run_name in text, text[:2000]
+        # children are nested under the parent row; the table counts them
+        assert f"{1 + len(children)} matching runs" in text, text[:2000]
+    finally:
+        ui.send_signal(signal.SIGINT)  # glccl ui stops its MLflow server (by PID) on Ctrl-C
+        try:
+            ui.wait(30)
+        except subprocess.TimeoutExpired:
+            ui.kill()
+            ui.wait(5)
+    assert ui.returncode == 0
 
 
 def _kill_tree(pid: int) -> None:
