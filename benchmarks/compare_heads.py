@@ -1,18 +1,46 @@
 """Every similarity head side by side (issue 8, item 2): retrieval accuracy on the synthetic partial-relevance
 benchmark at several video lengths, and the cost of the similarity stage, in one table, one plot and one MLflow run.
 
-    .venv/bin/python benchmarks/compare_heads.py                              # all heads, K = 12, 32, 64
-    .venv/bin/python benchmarks/compare_heads.py --heads glccl,meanp --frames 12 --epochs 1   # a quick look
+    .venv/bin/python benchmarks/compare_heads.py --threads 2                  # all heads, K = 12, 32, 64 (~30 min)
+    .venv/bin/python benchmarks/compare_heads.py --heads glccl,meanp --frames 12 --steps 40   # a quick look
     .venv/bin/python benchmarks/compare_heads.py --skip-accuracy              # cost only (minutes)
 
-**Accuracy.** For every K a synthetic set (``glccl.data.synth.generate``) is made once under ``--data-root``/K{K}:
-longer videos for larger K, holding more events (default schedule: K = 12 -> 2-4 events in 5 s, 32 -> 4-6 in 7.5 s,
-64 -> 7-11 in 13.75 s at 10 fps; ``--events`` / ``--seconds`` override it), so a caption (one event, or two
-consecutive ones) covers a smaller part of its video as K grows. Every video is decoded once (K frames at the segment
-centres, at the model's image size, uint8 in memory) and the same frames serve every head. Each head is trained from
-the same initialisation (``--seed``) with the same batches, in this process (``glccl.engine.train_step``, no Ray),
-then the test split (one caption per video that matches that video only; chance R@1 = 1 / videos) is scored with
-``glccl.similarity.similarity_matrix`` and ``glccl.metrics.retrieval_metrics``: t2v / v2t R@1, R@5, MnR.
+Time on 2 CPU cores (estimated from steps timed at 1 thread, batch 32, 7 heads): tower ~4 min (250 steps of batch 64
+at K = 12, once: cached), frame features < 1 min, heads ~12-18 min (200 steps per run; one step of all 7 heads costs
+~1.3 s at K = 12, ~1.6 s at K = 32, ~2.5 s at K = 64, tcmgc / glscl / glccl the slowest, meanp ~0.08 s), evaluation
+< 1 min, cost ~3 min, plus generating and decoding the three synthetic sets the first time: ~25-30 min in all.
+
+**Accuracy: a shared, frozen frame tower.** Training every head end to end (frame tower included) at K = 12, 32 and 64
+does not fit a CPU budget: the frame tower's forward/backward dominates a step (2 cores, batch 32: ~0.45 s at K = 12,
+~2.4 s at K = 64), so 21 runs in 30 minutes get ~45 steps each and every head stays at chance, while a from-scratch
+``tiny-rn`` model needs ~250 steps of batch 64 to get off the floor. So the heads share one frame tower:
+
+1. *Tower* (once; cached under ``--data-root``/towers/tower-<hash>.pt with its settings in the .json beside it,
+   reused while the settings match): a ``--preset`` model (default ``tiny-rn``: CLIP ModifiedResNet frame tower) with
+   the **meanp** head is trained end to end on the K = ``--tower-frames`` (12) set with ``glccl.engine.train_step``:
+   ``--tower-steps`` (250) steps of batch ``--tower-batch-size`` (64), lr ``--lr`` (1e-3), CLIP x ``--coef-lr`` (1),
+   weight decay ``--weight-decay`` (0.2), 10 % warm-up + cosine (``glccl.optim``), initial scale ``--logit-scale``
+   (30). MeanP on purpose: it is the baseline, so the shared tower is not shaped by (biased toward) GLCCL or any other
+   head under test.
+2. *Frame features* (once per K): with that tower frozen (eval mode), every video of every K set is encoded frame by
+   frame (``model.encode_frames`` -> ``[N, K, D]``; the frame tower is per frame, hence K-agnostic) and kept in memory.
+3. *Heads* (per head and K): ``create_model(preset, pretrained=<tower file>, head=h, num_frames=K,
+   logit_scale_init=--logit-scale)``: the tower's CLIP weights are loaded strictly into ``model.clip`` (text tower
+   included), the temporal encoder is initialised from that CLIP's text transformer as in the full recipe (METHOD
+   §1.1), ``model.clip.visual`` is frozen, and the text tower + temporal encoder + head + logit scale are trained from
+   the cached frame features (``--steps`` steps of batch ``--batch-size``, same lr / weight decay / schedule) with
+   ``glccl.engine.train_step`` itself: the model is wrapped in :class:`CachedFrames`, whose forward runs
+   ``encode_text`` and ``temporal_encode`` on the features, so the step (losses incl. the heads' ``aux_losses``,
+   grad clip, scale clamp) is the library's. Every head starts from the same seed and sees the same batches.
+
+Each K has its own synthetic set (``glccl.data.synth.generate``) under ``--data-root``/K{K}: longer videos for larger
+K, holding more events (default schedule: K = 12 -> 2-4 events in 5 s, 32 -> 4-6 in 7.5 s, 64 -> 7-11 in 13.75 s at
+10 fps; ``--events`` / ``--seconds`` override it), so a caption (one event, or two consecutive ones) covers a smaller
+part of its video as K grows. Every video is decoded once (K frames at the segment centres, at the model's image
+size). The test split (one caption per video that matches that video only; chance R@1 = 1 / videos) is scored from the
+cached frame features (``temporal_encode``) with ``glccl.similarity.similarity_matrix`` and
+``glccl.metrics.retrieval_metrics``: t2v / v2t R@1, R@5, MnR. What this measures: how well each head (with its
+temporal encoder and text tower) uses a fixed set of frame features, not how well it would shape the frame tower.
 
 **Cost.** Per head and K: the similarity stage of ``--cost-n`` texts x ``--cost-n`` videos of random features at the
 real model's widths (``--cost-dim`` 512, ``--cost-words`` 32; all words and frames valid), measured by
@@ -23,8 +51,9 @@ FLOPs (``<head>_flops``) and the head's parameter count.
 **Output.** A markdown table (printed, written to ``--out-dir``/compare_heads.md and into ``--bench-md`` as the
 section "## Heads compared (benchmarks/compare_heads.py)", replacing that section and keeping the rest of the file), a
 PNG (accuracy vs cost, cost vs K), the raw results as JSON, and one MLflow run (``--experiment``, run name
-``--run-name``) with every number as a metric and the table, plot and JSON as artifacts. The conclusion lines under
-the table are computed from the measured numbers (binomial standard errors on the test captions included).
+``--run-name``) with every number as a metric (the tower's training curve under ``tower/K{K}/train/``) and the table,
+plot and JSON as artifacts. The conclusion lines under the table are computed from the measured numbers (binomial
+standard errors on the test captions included).
 
 Needs only the ``glccl`` library, mlflow and matplotlib (no Ray). Exit status 1 when a head failed to train or
 evaluate (the others are still reported).
@@ -35,6 +64,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -118,6 +148,8 @@ class Split:
     tokens: torch.Tensor
     caption_video: torch.Tensor
     video_captions: list[np.ndarray]
+    feats: torch.Tensor | None = None
+    """Cached frame features ``[V, K, D]`` of the frozen tower (``cache_features``; the pixels are then dropped)."""
 
     @property
     def num_videos(self) -> int:
@@ -161,12 +193,17 @@ def load_data(root: str | os.PathLike, K: int, size: int, max_words: int, decode
 
 @dataclasses.dataclass
 class Recipe:
-    """Training settings shared by every head (CLI options of the same names)."""
+    """Training settings (CLI options of the same names): the shared tower's (``tower_*``, stage 1) and the heads'
+    (stage 3); lr, weight decay, schedule, clip, η and the initial scale are common to both."""
 
-    preset: str = "tiny"
+    preset: str = "tiny-rn"
+    tower_frames: int = 12
+    """K of the synthetic set the shared frame tower is trained on (stage 1)."""
+    tower_steps: int = 250
+    tower_batch_size: int = 64
     epochs: int = 3
-    steps: int = 0
-    """Optimiser steps per run (0: ``epochs`` passes over the videos)."""
+    steps: int = 200
+    """Optimiser steps per (head, K) run on the cached frame features (0: ``epochs`` passes over the videos)."""
     batch_size: int = 32
     captions_per_video: int = 1
     """Captions of each video seen per epoch (distinct ones while the video has enough; a batch never repeats a video)."""
@@ -176,14 +213,18 @@ class Recipe:
     warmup_fraction: float = 0.1
     grad_clip: float = 1.0
     eta: float = 0.5
-    logit_scale: float | None = None
+    logit_scale: float | None = 30.0
     """Initial similarity scale lambda (the model stores ln lambda); None keeps the preset's (CLIP: 1 / 0.07)."""
     logit_scale_max: float = 100.0
     max_words: int = 32
     seed: int = 0
     max_train_s: float = 0.0
-    """Stop a run after this many seconds of training (0: no limit); the schedule still assumes the full run."""
+    """Stop a head's run after this many seconds of training (0: no limit); the schedule still assumes the full run."""
     eval_batch_size: int = 64
+
+    def tower_recipe(self) -> Recipe:
+        """The recipe of stage 1: the tower's batch size and steps, no time limit."""
+        return dataclasses.replace(self, batch_size=self.tower_batch_size, steps=self.tower_steps, max_train_s=0.0)
 
 
 def steps_per_epoch(num_videos: int, recipe: Recipe) -> int:
@@ -212,84 +253,197 @@ def epoch_batches(split: Split, recipe: Recipe, rng: np.random.Generator) -> lis
 
 
 def batch_stream(split: Split, recipe: Recipe, num_steps: int) -> Iterator[dict[str, torch.Tensor]]:
-    """``num_steps`` training batches (``tokens``, ``frames`` uint8 ``[B, K, H, W, 3]``, ``frame_mask``); the same
-    sequence for every head given the seed."""
+    """``num_steps`` training batches (``tokens``, ``frames``, ``frame_mask``); the same sequence for every head given
+    the seed. ``frames`` are the cached frame features ``[B, K, D]`` when the split has them (``split.feats``), else the
+    decoded pixels uint8 ``[B, K, H, W, 3]``."""
     rng = np.random.default_rng([recipe.seed, 1])
+    source = split.feats if split.feats is not None else split.frames
     done = 0
     while done < num_steps:
         for vids, caps in epoch_batches(split, recipe, rng):
             if done >= num_steps:
                 return
             v, c = torch.from_numpy(vids).long(), torch.from_numpy(caps).long()
-            yield {"tokens": split.tokens[c], "frames": split.frames[v], "frame_mask": split.frame_mask[v]}
+            yield {"tokens": split.tokens[c], "frames": source[v], "frame_mask": split.frame_mask[v]}
             done += 1
 
 
-def build_model(head: str, K: int, recipe: Recipe):
-    """The model for one head, from the seed (every head gets the same encoders' initialisation)."""
+class CachedFrames(torch.nn.Module):
+    """A :class:`glccl.model.GLCCL` fed precomputed CLIP frame features instead of pixels.
+
+    ``forward(tokens, frames, frame_mask)`` takes ``frames`` = frame features ``[B, K, D]`` and returns the model's
+    feature dict (``encode_text``, ``temporal_encode``, ``logit_scale``). The model sits in ``.module``, like a DDP
+    wrapper, so ``glccl.engine.train_step`` / ``compute_losses`` unwrap it for ``score``, the heads' ``aux_losses`` and
+    the logit-scale clamp: the step is the library's, only the frame tower is skipped.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.module = model
+
+    def forward(self, tokens: torch.Tensor, frames: torch.Tensor, frame_mask: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
+        m = self.module
+        if frames.ndim != 3:
+            raise ValueError(f"CachedFrames takes frame features [B, K, D], got shape {tuple(frames.shape)}")
+        if frame_mask is None:
+            frame_mask = torch.ones(frames.shape[:2], dtype=torch.bool, device=frames.device)
+        sentence, words, word_mask = m.encode_text(tokens)
+        return {"sentence": sentence, "words": words, "word_mask": word_mask,
+                "frames": m.temporal_encode(frames, frame_mask), "frame_mask": frame_mask.bool(),
+                "logit_scale": m.logit_scale}
+
+
+def build_model(head: str, K: int, recipe: Recipe, tower: str | os.PathLike | None = None):
+    """The model for one head, from the seed (every head gets the same initialisation of what it shares).
+
+    With ``tower`` (a stage-1 state dict file): its CLIP weights are loaded strictly into ``model.clip`` (the temporal
+    encoder is then initialised from that CLIP's text transformer, as with pretrained CLIP) and ``model.clip.visual``
+    is frozen. The initial logit scale is ``recipe.logit_scale`` either way.
+    """
     from glccl.model import create_model
 
     torch.manual_seed(recipe.seed)
-    model = create_model(recipe.preset, head=head, num_frames=K, max_words=recipe.max_words)
-    if recipe.logit_scale is not None:
-        with torch.no_grad():
-            model.logit_scale.fill_(math.log(recipe.logit_scale))
+    model = create_model(recipe.preset, pretrained=os.fspath(tower) if tower else None, head=head, num_frames=K,
+                         max_words=recipe.max_words, logit_scale_init=recipe.logit_scale)
+    if tower:
+        model.clip.visual.requires_grad_(False)
     return model
 
 
-def train_head(head: str, K: int, train: Split, recipe: Recipe,
-               on_step: Callable[[int, dict[str, float]], None] | None = None):
-    """Train one head on ``train``; returns ``(model, info)`` with steps done, seconds, final and mean-of-last-10 loss.
-
-    ``on_step(step, logs)`` sees the float logs of every step (``glccl.engine.train_step``'s).
-    """
+def fit(model, train: Split, recipe: Recipe, label: str,
+        on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict:
+    """Train ``model`` with ``glccl.engine.train_step`` on ``batch_stream(train, recipe)``; pixels when ``train`` has
+    no cached features, else features through :class:`CachedFrames` (only parameters that require grad are
+    optimised). Returns steps done, seconds, final and mean-of-last-10 loss, parameter counts."""
     from glccl import engine
     from glccl.losses import RetrievalLoss
     from glccl.optim import build_optimizer, build_scheduler
 
-    model = build_model(head, K, recipe)
     loss_fn = RetrievalLoss(eta=recipe.eta, logit_scale_max=recipe.logit_scale_max)
     optimizer = build_optimizer(model, recipe.lr, recipe.coef_lr, recipe.weight_decay)
     n_steps = total_steps(train.num_videos, recipe)
     scheduler = build_scheduler(optimizer, n_steps, recipe.warmup_fraction)
+    runner = CachedFrames(model) if train.feats is not None else model
     device = torch.device("cpu")
     losses: list[float] = []
     t0 = time.perf_counter()
     step = 0
     for batch in batch_stream(train, recipe, n_steps):
-        logs = engine.train_step(model, loss_fn, batch, optimizer, scheduler, grad_clip=recipe.grad_clip,
+        logs = engine.train_step(runner, loss_fn, batch, optimizer, scheduler, grad_clip=recipe.grad_clip,
                                  logit_scale_max=recipe.logit_scale_max, device=device)
         step += 1
         if not math.isfinite(logs["loss"]):
-            raise FloatingPointError(f"{head}, K={K}: non-finite loss {logs['loss']} at step {step}")
+            raise FloatingPointError(f"{label}: non-finite loss {logs['loss']} at step {step}")
         losses.append(logs["loss"])
         if on_step is not None:
             on_step(step, logs)
         if recipe.max_train_s and time.perf_counter() - t0 > recipe.max_train_s:
             break
     seconds = time.perf_counter() - t0
-    info = {"steps": step, "planned_steps": n_steps, "train_s": seconds, "step_s": seconds / max(step, 1),
+    return {"steps": step, "planned_steps": n_steps, "train_s": seconds, "step_s": seconds / max(step, 1),
             "final_loss": losses[-1] if losses else float("nan"),
             "loss_last10": float(np.mean(losses[-10:])) if losses else float("nan"),
             "logit_scale": float(model.logit_scale.detach().exp()),
             "model_params": sum(p.numel() for p in model.parameters()),
+            "trained_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "head_params": sum(p.numel() for p in model.head.parameters())}
-    return model, info
+
+
+def train_head(head: str, K: int, train: Split, recipe: Recipe, tower: str | os.PathLike | None = None,
+               on_step: Callable[[int, dict[str, float]], None] | None = None):
+    """Stage 3: train one head (on ``train``'s cached features when it has them, with the frozen ``tower``); returns
+    ``(model, info)``. ``on_step(step, logs)`` sees the float logs of every step (``glccl.engine.train_step``'s)."""
+    model = build_model(head, K, recipe, tower)
+    return model, fit(model, train, recipe, f"{head}, K={K}", on_step)
+
+
+# -- stage 1: the shared frame tower ----------------------------------------------------------------------------------
+
+
+def tower_settings(recipe: Recipe, spec: dict, *, num_train: int, num_test: int, data_seed: int, size: int) -> dict:
+    """Everything the stage-1 tower depends on (its cache key)."""
+    r = recipe.tower_recipe()
+    return {"preset": r.preset, "head": "meanp", "K": spec["K"], "events": list(spec["events"]),
+            "seconds": spec["seconds"], "fps": spec["fps"], "num_train": num_train, "num_test": num_test,
+            "data_seed": data_seed, "size": size, "steps": r.steps, "batch_size": r.batch_size,
+            "captions_per_video": r.captions_per_video, "lr": r.lr, "coef_lr": r.coef_lr,
+            "weight_decay": r.weight_decay, "warmup_fraction": r.warmup_fraction, "grad_clip": r.grad_clip,
+            "eta": r.eta, "logit_scale": r.logit_scale, "logit_scale_max": r.logit_scale_max,
+            "max_words": r.max_words, "seed": r.seed}
+
+
+def tower_path(data_root: str | os.PathLike, settings: dict) -> Path:
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(data_root) / "towers" / f"tower-{key}.pt"
+
+
+def ensure_tower(data_root: str | os.PathLike, settings: dict, load_train: Callable[[], Split], recipe: Recipe,
+                 on_step: Callable[[int, dict[str, float]], None] | None = None) -> tuple[Path, dict]:
+    """Stage 1: the shared frame tower's state dict file, trained (meanp head, end to end, ``recipe.tower_recipe()``)
+    unless a file with the same ``settings`` exists. Returns ``(path, info)``; ``info["cached"]`` says which."""
+    path = tower_path(data_root, settings)
+    meta = path.with_suffix(".json")
+    if path.is_file() and meta.is_file():
+        saved = json.loads(meta.read_text())
+        if saved.get("settings") == settings:
+            log(f"tower: reusing {path} (trained {saved['info']['steps']} steps in {saved['info']['train_s']:.0f} s)")
+            return path, {**saved["info"], "cached": True, "path": str(path)}
+    r = recipe.tower_recipe()
+    train = load_train()
+    log(f"tower: training {r.preset} + meanp end to end on K={settings['K']}, {r.steps} steps of batch "
+        f"{r.batch_size} -> {path}")
+    model = build_model("meanp", settings["K"], r)
+    info = fit(model, train, r, f"tower (meanp, K={settings['K']})", on_step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    meta.write_text(json.dumps({"settings": settings, "info": info}, indent=1))
+    log(f"tower: {info['steps']} steps in {info['train_s']:.0f} s ({info['step_s']:.2f} s/step), loss "
+        f"{info['loss_last10']:.3f}")
+    return path, {**info, "cached": False, "path": str(path)}
+
+
+# -- stage 2: frame features ------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def cache_features(encoder, split: Split, batch_size: int = 16) -> Split:
+    """Replace ``split``'s pixels by the frozen tower's per-frame features ``[V, K, D]`` (``split.feats``; eval mode,
+    ``batch_size`` videos at a time); returns ``split``."""
+    from glccl import engine
+
+    encoder.eval()
+    feats = [encoder.encode_frames(engine.channels_first(split.frames[i:i + batch_size]),
+                                   split.frame_mask[i:i + batch_size]).float()
+             for i in range(0, split.num_videos, batch_size)]
+    split.feats = torch.cat(feats) if feats else torch.zeros(0, split.frames.shape[1], encoder.embed_dim)
+    split.frames = split.frames[:0]  # free the pixels
+    return split
 
 
 @torch.no_grad()
 def evaluate(model, test: Split, batch_size: int = 64) -> dict[str, float]:
-    """Retrieval metrics of ``model`` on ``test`` (every caption against every video)."""
+    """Retrieval metrics of ``model`` on ``test`` (every caption against every video), from its cached frame features
+    (``temporal_encode``) when it has them, else from its pixels."""
     from glccl import engine
     from glccl.metrics import retrieval_metrics
     from glccl.similarity import similarity_matrix
 
-    batches = ({"frames": test.frames[i:i + batch_size], "frame_mask": test.frame_mask[i:i + batch_size],
-                "video_index": torch.arange(i, min(i + batch_size, test.num_videos))}
-               for i in range(0, test.num_videos, batch_size))
-    video = engine.encode_videos(model, batches)
+    core = engine.unwrap(model).eval()
+    if test.feats is not None:
+        video = {"frames": torch.cat([core.temporal_encode(test.feats[i:i + batch_size],
+                                                           test.frame_mask[i:i + batch_size])
+                                      for i in range(0, test.num_videos, batch_size)]).float(),
+                 "frame_mask": test.frame_mask.bool()}
+    else:
+        batches = ({"frames": test.frames[i:i + batch_size], "frame_mask": test.frame_mask[i:i + batch_size],
+                    "video_index": torch.arange(i, min(i + batch_size, test.num_videos))}
+                   for i in range(0, test.num_videos, batch_size))
+        video = engine.encode_videos(model, batches)
     text = engine.encode_texts(model, test.tokens, batch_size)
-    sim = similarity_matrix(engine.unwrap(model).head, text, video)
+    sim = similarity_matrix(core.head, text, video)
     metrics = retrieval_metrics(sim, test.caption_video)
     metrics["num_texts"], metrics["num_videos"] = float(sim.shape[0]), float(sim.shape[1])
     return metrics
@@ -297,30 +451,51 @@ def evaluate(model, test: Split, batch_size: int = 64) -> dict[str, float]:
 
 def run_accuracy(heads: Sequence[str], frames: Sequence[int], recipe: Recipe, *, data_root: str, specs: dict[int, dict],
                  num_train: int, num_test: int, data_seed: int = 0, decoder: str = "decord",
-                 on_result: Callable[[dict], None] | None = None, on_step=None) -> tuple[list[dict], dict]:
-    """Train and evaluate every head at every K. Returns ``(rows, data_info)``; a failing head gives a row with
-    ``error`` instead of metrics. ``on_step(head, K, step, logs)`` sees every training step."""
-    from glccl.model import preset_image_size
+                 on_result: Callable[[dict], None] | None = None, on_step=None) -> tuple[list[dict], dict, dict]:
+    """Stage 1 (shared tower), then per K stage 2 (features) and stage 3 (every head). Returns ``(rows, data_info,
+    tower_info)``; a failing head gives a row with ``error`` instead of metrics. ``on_step(name, K, step, logs)`` sees
+    every training step (``name`` "tower" for stage 1). ``specs`` must hold ``recipe.tower_frames`` too."""
+    from glccl.model import create_model, preset_image_size
 
     size = preset_image_size(recipe.preset)
+    t0 = time.perf_counter()
+    tk = recipe.tower_frames
+    settings = tower_settings(recipe, specs[tk], num_train=num_train, num_test=num_test, data_seed=data_seed,
+                              size=size)
+
+    def load_tower_train() -> Split:
+        root = ensure_data(data_root, specs[tk], num_train=num_train, num_test=num_test, size=size, seed=data_seed)
+        return load_split(root, "train", tk, size, recipe.max_words, decoder)
+
+    tower_cb = (lambda s, lg: on_step("tower", tk, s, lg)) if on_step else None
+    tower, tower_info = ensure_tower(data_root, settings, load_tower_train, recipe, tower_cb)
+    tower_info = {**tower_info, "settings": settings, "stage_s": time.perf_counter() - t0}
+    encoder = create_model(recipe.preset, pretrained=str(tower), head="meanp", num_frames=tk,
+                           max_words=recipe.max_words)
     rows, data_info = [], {}
     for K in frames:
         spec = specs[K]
         root = ensure_data(data_root, spec, num_train=num_train, num_test=num_test, size=size, seed=data_seed)
         data = load_data(root, K, size, recipe.max_words, decoder)
+        t1 = time.perf_counter()
+        for split in data.values():
+            cache_features(encoder, split)
+        feats_s = time.perf_counter() - t1
+        log(f"K={K}: frame features of {sum(s.num_videos for s in data.values())} videos in {feats_s:.1f} s")
         meta = json.loads((root / "synth_meta.json").read_text())
         data_info[K] = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.items()}, "root": str(root),
                         "train_videos": data["train"].num_videos, "train_captions": int(data["train"].tokens.shape[0]),
                         "test_videos": data["test"].num_videos, "test_captions": int(data["test"].tokens.shape[0]),
-                        "test_single_event_share": meta["single_event_caption_share"]["test"]}
+                        "test_single_event_share": meta["single_event_caption_share"]["test"],
+                        "features_s": feats_s}
         for head in heads:
             row = {"head": head, "K": K}
             try:
                 cb = (lambda s, lg, h=head, k=K: on_step(h, k, s, lg)) if on_step else None
-                model, info = train_head(head, K, data["train"], recipe, on_step=cb)
-                t0 = time.perf_counter()
+                model, info = train_head(head, K, data["train"], recipe, tower, on_step=cb)
+                t2 = time.perf_counter()
                 row["test"] = evaluate(model, data["test"], recipe.eval_batch_size)
-                row["train"] = {**info, "eval_s": time.perf_counter() - t0}
+                row["train"] = {**info, "eval_s": time.perf_counter() - t2}
                 log(f"K={K} {head}: {info['steps']} steps in {info['train_s']:.0f} s ({info['step_s']:.2f} s/step), "
                     f"loss {info['loss_last10']:.3f}, test t2v R@1 {row['test']['t2v/R@1']:.1f} "
                     f"v2t R@1 {row['test']['v2t/R@1']:.1f}")
@@ -331,7 +506,7 @@ def run_accuracy(heads: Sequence[str], frames: Sequence[int], recipe: Recipe, *,
             if on_result is not None:
                 on_result(row)
         del data
-    return rows, data_info
+    return rows, data_info, tower_info
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -559,8 +734,9 @@ def plot(heads: Sequence[str], frames: Sequence[int], acc: list[dict], cost: lis
         ax.set_xticks(list(frames))
     for ax in axes.flat:
         ax.grid(True, alpha=0.3, which="both")
-    ax_k.legend(fontsize=8)
-    ax_ct.legend(fontsize=8)
+    for ax in (ax_k, ax_ct):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     if len(frames) > 1:
         from matplotlib.lines import Line2D
 
@@ -603,13 +779,33 @@ def section_text(report: dict, table: str, pivot: str, concl: list[str], png_rel
         steps = (f"{r['steps']} steps" if r["steps"] else f"{r['epochs']} epochs of {r['captions_per_video']} "
                  f"caption(s) per video")
         scale = f"initial logit scale {r['logit_scale']:g}" if r["logit_scale"] else "the preset's logit scale"
-        out += [f"**Accuracy**: preset `{r['preset']}` from scratch, one model per head and K, trained in this process "
-                f"from the same initialisation on the same batches: {steps}, batch {r['batch_size']}, lr {r['lr']:g} "
-                f"(CLIP x {r['coef_lr']:g}), weight decay {r['weight_decay']:g}, η {r['eta']:g}, {scale}, "
-                f"Nw = {r['max_words']}, {a['threads'] or torch.get_num_threads()} torch threads"
-                + (f", at most {r['max_train_s']:g} s per run" if r["max_train_s"] else "") + ". "
+        tw = report.get("tower") or {}
+        ts = tw.get("settings", {})
+        tower_how = (f"reused from {tw['path']} (trained earlier in {tw['train_s'] / 60:.1f} min)" if tw.get("cached")
+                     else f"trained in this run in {tw.get('train_s', 0) / 60:.1f} min")
+        out += [f"**Accuracy: one shared, frozen frame tower** (end-to-end training of every head does not fit a CPU "
+                "budget: the frame tower dominates each step, and from scratch it needs a few hundred steps to leave "
+                "chance). (1) *Tower*: preset "
+                f"`{r['preset']}` with the **meanp** head (the baseline, so that the shared tower is not biased "
+                f"toward GLCCL or any other head under test), trained end to end on the K = {r['tower_frames']} set "
+                f"with `glccl.engine.train_step`: {r['tower_steps']} steps of batch {r['tower_batch_size']}, "
+                f"{tower_how}; final loss {_f(tw.get('loss_last10'), '.3f')} (mean of the last 10 steps). "
+                "(2) *Frame features*: with that tower frozen, every video's K frames are encoded once per K "
+                "(`model.encode_frames`; the frame tower works per frame) and cached in memory. (3) *Heads*: per "
+                "head and K, the tower's CLIP is loaded into the model (the temporal encoder initialised from its "
+                "text transformer), the frame tower is frozen, and text tower + temporal encoder + head + logit "
+                f"scale are trained from the cached features ({steps}, batch {r['batch_size']}), same seed and same "
+                "batches for every head, then scored on the test split from the cached features. "
+                f"Both stages: lr {r['lr']:g} (CLIP x {r['coef_lr']:g}), weight decay {r['weight_decay']:g}, "
+                f"{r['warmup_fraction'] * 100:g} % warm-up + cosine, η {r['eta']:g}, {scale}, Nw = {r['max_words']}, "
+                f"{a['threads'] or torch.get_num_threads()} torch threads"
+                + (f", at most {r['max_train_s']:g} s per head run" if r["max_train_s"] else "") + ". "
+                "So the table compares how well each head (with its temporal encoder and text tower) uses the same "
+                "frame features, not how well it would shape the frame tower end to end. "
                 f"Synthetic sets of {a['num_train']} train and {a['num_test']} test videos (one caption each, matching "
-                f"only its own video) per K, K frames at the segment centres: {specs}.", ""]
+                f"only its own video) per K, K frames at the segment centres: {specs}."
+                + (f" Tower data: K = {ts['K']}, {ts['events'][0]}-{ts['events'][1]} events, {ts['seconds']:g} s."
+                   if ts and ts.get("K") not in data else ""), ""]
     if not a["skip_cost"]:
         out += [f"**Cost**: similarity stage for {a['cost_n']} texts x {a['cost_n']} videos of random features at "
                 f"D = {a['cost_dim']}, Nw = {a['cost_words']} (all valid), fp32 CPU, through "
@@ -638,6 +834,10 @@ def log_mlflow(report: dict, files: Sequence[Path], uri: str, experiment: str, r
     try:
         lg = tracking.RunLogger(uri, run_id)
         metrics: dict[str, float] = {}
+        tw = report.get("tower") or {}
+        for k in ("steps", "train_s", "step_s", "loss_last10", "stage_s"):
+            if k in tw:
+                metrics[f"tower/K{tw['settings']['K']}/train/{k}"] = tw[k]
         for r in report["accuracy"]:
             p = f"{r['head']}/K{r['K']}"
             for k, v in r.get("test", {}).items():
@@ -712,11 +912,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: 2-4 / 4-6 / 7-11 for K = 12 / 32 / 64, see video_spec)")
     g.add_argument("--seconds", default=None, help="video length: S for every K, or K:S,... (default: see video_spec)")
     g.add_argument("--decoder", default="decord", choices=("decord", "pyav"))
-    g = p.add_argument_group("training recipe (every head alike)")
-    g.add_argument("--preset", default=d.preset)
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--steps", type=int, default=d.steps, help="optimiser steps per run (overrides --epochs)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g = p.add_argument_group("stage 1: the shared frame tower (meanp head, end to end, cached under --data-root)")
+    g.add_argument("--preset", default=d.preset, help="encoder preset (default %(default)s)")
+    g.add_argument("--tower-frames", type=int, default=d.tower_frames,
+                   help="K of the synthetic set the tower is trained on (default %(default)s)")
+    g.add_argument("--tower-steps", type=int, default=d.tower_steps, help="default %(default)s")
+    g.add_argument("--tower-batch-size", type=int, default=d.tower_batch_size, help="default %(default)s")
+    g = p.add_argument_group("stage 3: every head alike, on the frozen tower's frame features (lr, weight decay, "
+                             "warm-up, η, logit scale: stage 1 too)")
+    g.add_argument("--steps", type=int, default=d.steps,
+                   help="optimiser steps per head and K (default %(default)s; 0: --epochs)")
+    g.add_argument("--epochs", type=int, default=d.epochs, help="passes over the videos when --steps is 0")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="default %(default)s")
     g.add_argument("--captions-per-video", type=int, default=d.captions_per_video,
                    help="captions of each video per epoch (default %(default)s)")
     g.add_argument("--lr", type=float, default=d.lr)
@@ -725,7 +932,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup-fraction", type=float, default=d.warmup_fraction)
     g.add_argument("--eta", type=float, default=d.eta, help="CSC loss weight (heads with several parts)")
     g.add_argument("--logit-scale", type=float, default=d.logit_scale,
-                   help="initial similarity scale λ (not its log; default: the preset's)")
+                   help="initial similarity scale λ (not its log; default %(default)s; 0: the preset's)")
     g.add_argument("--max-words", type=int, default=d.max_words)
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--max-train-s", type=float, default=d.max_train_s,
@@ -756,7 +963,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
     fields = {f.name for f in dataclasses.fields(Recipe)}
-    return Recipe(**{k: v for k, v in vars(args).items() if k in fields})
+    r = Recipe(**{k: v for k, v in vars(args).items() if k in fields})
+    return dataclasses.replace(r, logit_scale=r.logit_scale or None)
 
 
 def specs_from_args(args: argparse.Namespace, frames: Sequence[int]) -> dict[int, dict]:
@@ -783,14 +991,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = recipe_from_args(args)
-    specs = specs_from_args(args, frames)
+    specs = specs_from_args(args, sorted({*frames, recipe.tower_frames}))
     t_start = time.perf_counter()
     load0 = os.getloadavg()[0]
     cmd = " ".join([".venv/bin/python benchmarks/compare_heads.py"] + list(sys.argv[1:] if argv is None else argv))
     report = {"date": _dt.date.today().isoformat(), "machine": simbench.machine("cpu"), "command": cmd,
               "args": {k: v for k, v in vars(args).items() if k != "cost_worker"},
               "recipe": dataclasses.asdict(recipe), "heads": heads, "frames": frames,
-              "specs": {K: {**s, "events": list(s["events"])} for K, s in specs.items()}, "accuracy": [], "cost": []}
+              "specs": {K: {**s, "events": list(s["events"])} for K, s in specs.items()}, "tower": {}, "accuracy": [],
+              "cost": []}
     step_logs: list[tuple[str, int, dict]] = []
     log(f"{len(heads)} heads x K = {frames}; machine: {report['machine']}; load average {load0:.1f}")
 
@@ -798,10 +1007,10 @@ def main(argv: list[str] | None = None) -> int:
         def on_step(head, K, step, logs):
             step_logs.append((f"{head}/K{K}", step, logs))
 
-        acc, data_info = run_accuracy(heads, frames, recipe, data_root=args.data_root, specs=specs,
+        acc, data_info, tower_info = run_accuracy(heads, frames, recipe, data_root=args.data_root, specs=specs,
                                       num_train=args.num_train, num_test=args.num_test, data_seed=args.data_seed,
                                       decoder=args.decoder, on_step=on_step if not args.no_mlflow else None)
-        report["accuracy"], report["data"] = acc, data_info
+        report["accuracy"], report["data"], report["tower"] = acc, data_info, tower_info
         log(f"accuracy part done in {(time.perf_counter() - t_start) / 60:.1f} min")
     if not args.skip_cost:
         t0 = time.perf_counter()

@@ -95,7 +95,8 @@ def heads_bench():
 
 
 def test_compare_heads_smoke(heads_bench, tmp_path, monkeypatch, capsys):
-    """Two heads, K = 4, a few videos, 2 steps: JSON, table, BENCHMARKS section, PNG and MLflow run, sane values."""
+    """Two heads, K = 4, a few videos, 2 tower steps + 2 steps per head on the frozen tower's features: JSON, table,
+    BENCHMARKS section, PNG and MLflow run, sane values; a second run reuses the cached tower and repeats the numbers."""
     from mlflow.tracking import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -103,7 +104,7 @@ def test_compare_heads_smoke(heads_bench, tmp_path, monkeypatch, capsys):
     md.write_text("# Benchmarks\n\n## Other\n\nkeep me\n")
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ["--heads", "glccl,meanp", "--frames", "4", "--num-train", "8", "--num-test", "6", "--steps", "2",
-            "--batch-size", "4", "--events", "2-3", "--seconds", "1.5", "--fps", "8", "--cost-n", "8",
+            "--batch-size", "4", "--tower-frames", "4", "--tower-steps", "2", "--tower-batch-size", "4", "--events", "2-3", "--seconds", "1.5", "--fps", "8", "--cost-n", "8",
             "--cost-dim", "32", "--cost-words", "8", "--cost-reps", "1", "--cost-rate-s", "0.02", "--inprocess",
             "--threads", "1", "--data-root", str(tmp_path / "data"), "--out-dir", str(out), "--bench-md", str(md),
             "--tracking-uri", uri]
@@ -111,12 +112,18 @@ def test_compare_heads_smoke(heads_bench, tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     report = json.loads((out / "compare_heads.json").read_text())
     assert [(r["head"], r["K"]) for r in report["accuracy"]] == [("glccl", 4), ("meanp", 4)]
+    tower = report["tower"]
+    assert tower["steps"] == 2 and tower["cached"] is False and tower["settings"]["head"] == "meanp"
+    assert tower["settings"]["K"] == 4 and tower["settings"]["batch_size"] == 4 and tower["settings"]["preset"] == "tiny-rn"
+    assert Path(tower["path"]).is_file() and Path(tower["path"]).parent == tmp_path / "data" / "towers"
     for r in report["accuracy"]:
         t = r["test"]
         assert t["num_videos"] == 6 and t["num_texts"] == 6 and r["train"]["steps"] == 2
         for d in ("t2v", "v2t"):
             assert 0 <= t[f"{d}/R@1"] <= t[f"{d}/R@5"] <= 100 and 1 <= t[f"{d}/MnR"] <= 6
         assert math.isfinite(r["train"]["loss_last10"]) and r["train"]["train_s"] > 0
+        # the frame tower is frozen: only text tower, temporal encoder, head and logit scale train
+        assert 0 < r["train"]["trained_params"] < r["train"]["model_params"]
     data = report["data"]["4"]
     assert data["train_videos"] == 8 and data["events"] == [2, 3] and data["frames_per_video"] == 12
     cost = {r["head"]: r for r in report["cost"]}
@@ -142,8 +149,19 @@ def test_compare_heads_smoke(heads_bench, tmp_path, monkeypatch, capsys):
     assert m["meanp/K4/cost/gflop"] == pytest.approx(cost["meanp"]["flops"] / 1e9)
     assert runs[0].data.params["arg.heads"] == "glccl,meanp"
     assert [x.step for x in client.get_metric_history(runs[0].info.run_id, "meanp/K4/train/loss")] == [1, 2]
+    assert [x.step for x in client.get_metric_history(runs[0].info.run_id, "tower/K4/train/loss")] == [1, 2]
+    assert m["tower/K4/train/steps"] == 2
     assert {a.path for a in client.list_artifacts(runs[0].info.run_id)} == {
         "compare_heads.json", "compare_heads.md", "compare_heads.png"}
+    # again, accuracy only: the tower comes from the cache, and the same seed and batches give the same numbers
+    out2 = tmp_path / "out2"
+    assert heads_bench.main(args[:args.index("--out-dir")] + ["--skip-cost", "--no-mlflow", "--bench-md", "",
+                                                               "--out-dir", str(out2)]) == 0
+    again = json.loads((out2 / "compare_heads.json").read_text())
+    assert again["tower"]["cached"] is True and again["tower"]["path"] == tower["path"]
+    for r1, r2 in zip(report["accuracy"], again["accuracy"]):
+        assert r2["test"] == pytest.approx(r1["test"]) and r2["train"]["final_loss"] == pytest.approx(
+            r1["train"]["final_loss"], rel=1e-4)
 
 
 def test_compare_heads_cost_worker_subprocess(heads_bench):
@@ -185,3 +203,27 @@ def test_compare_heads_helpers(heads_bench):
             seen.setdefault(v, set()).add(c)
     assert all(len(s) == 2 for s in seen.values())
     assert len(list(hb.batch_stream(split, hb.Recipe(batch_size=5, steps=7), 7))) == 7
+
+
+def test_compare_heads_cached_frames_step_matches_pixels(heads_bench):
+    """The stage-3 step on cached frame features gives the same losses as the library step on the pixels."""
+    import torch
+
+    from glccl import engine
+    from glccl.losses import RetrievalLoss
+    from glccl.model import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny-rn", head="glscl", num_frames=3, max_words=8).eval()  # glscl: has aux_losses
+    frames = torch.randint(0, 256, (2, 3, model.image_size, model.image_size, 3), dtype=torch.uint8)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    tokens = model.tokenize(["a red circle", "a blue square moves"])
+    loss_fn = RetrievalLoss(eta=0.5)
+    with torch.no_grad():
+        want = engine.compute_losses(model, loss_fn, {"tokens": tokens, "frames": frames, "frame_mask": mask})
+        feats = model.encode_frames(engine.channels_first(frames), mask)
+        got = engine.compute_losses(heads_bench.CachedFrames(model), loss_fn,
+                                    {"tokens": tokens, "frames": feats, "frame_mask": mask})
+    assert set(got) == set(want) and any(k.startswith("aux/") for k in got)
+    for k in want:
+        assert float(got[k]) == pytest.approx(float(want[k]), rel=1e-5, abs=1e-6), k
