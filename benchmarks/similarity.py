@@ -24,9 +24,10 @@ What is measured, for N texts x N videos of random features (all words and frame
   seconds (GEMM rate per CPU-second), the view least disturbed by other load; **naive/x**: the naive form's time
   over this method's (how many times faster).
 * **peak MB**: peak memory above the inputs, in a fresh subprocess per method: on CPU the growth of the resident set
-  (``VmHWM`` reset through ``/proc/self/clear_refs`` after the inputs exist, glibc told to return large blocks); on
-  CUDA ``torch.cuda.max_memory_allocated``. Measured on the timed size; the fast GLCCL always also gets one full
-  N x N run for its peak (its single-run time is printed below the table as a check on the extrapolation).
+  (``VmHWM`` reset through ``/proc/self/clear_refs`` after the timed runs, glibc told to trim and to mmap large
+  blocks for this one run); on CUDA ``torch.cuda.max_memory_allocated``. Measured on the timed size; the fast
+  GLCCL always gets one full N x N run for its peak (its single-run time is printed below the table as a check on
+  the extrapolation).
 
 Two-stage search (``--search``, MSR-VTT shape): videos are noisy copies of cluster centres and every text a noisy view
 of one video, so rankings have structure. The exhaustive GLCCL ranking is compared with stage 1 (exact cosine top-S by
@@ -58,7 +59,6 @@ SHAPES = {"msrvtt": {"K": 12, "Nw": 32, "D": 512}, "didemo": {"K": 64, "Nw": 64,
 CORE_METHODS = ("glccl", "glccl_naive", "meanp", "xpool")
 TEXT_CHUNK, VIDEO_CHUNK = 32, 64  # the fast GLCCL head's default blocks (GEMM shape for the rate)
 NAIVE_BLOCK = 64  # the released evaluation's batch_size_val on MSR-VTT
-WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -119,6 +119,23 @@ def _status_kb(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise KeyError(field)
+
+
+def malloc_for_measurement(device: torch.device) -> None:
+    """glibc: give freed memory back (malloc_trim) and serve blocks >= 64 KiB by mmap from now on, so the resident set
+    follows live memory (default glibc keeps freed blocks, which hides re-used memory from the peak). It makes every
+    large allocation fault its pages in afresh, so it is only set for the memory run, after the timed runs."""
+    if device.type != "cpu":
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+        libc.mallopt(-3, 65536)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 0)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 class PeakMemory:
@@ -288,28 +305,16 @@ def measure(method: str, shape_name: str, n: int, device: str = "cpu", dtype: st
 
     # Probes (also the warm-up of every code path) on two small squares, then choose the timed size.
     p1, p2 = min(n, 16), min(n, 32)
-    mem = PeakMemory(dev)
-    mem.start()
     t1, _ = run(p1)
     t2, _ = run(p2)
-    probe_peak = mem.peak_bytes()
     est_full, a, b = fit_extrapolate([(p1, t1), (p2, t2)], n)
     if est_full <= max_run_s:
         m = n
     else:  # the largest m with a m + b m^2 <= budget
         m_fit = (-a + math.sqrt(a * a + 4 * b * max_run_s)) / (2 * b) if b > 0 else max_run_s / max(a, 1e-12)
         m = max(p2, min(n, int(m_fit) // 8 * 8))
-    full_run = None
-    if m == p2:
-        peak = probe_peak
-    else:  # peak memory of one run at the timed size (also the warm-up at that size)
-        mem.start()
-        run(m)
-        peak = mem.peak_bytes()
-    if full_memory and m < n:
-        mem.start()
-        full_run = run(n)
-        peak = mem.peak_bytes()
+    if m != p2:
+        run(m)  # warm-up at the timed size
     rate, cpu_rate = gemm_rate(shape, dev, dt, seconds=rate_s)  # the machine's state around these runs
     walls, cpus = [], []
     for _ in range(reps):
@@ -328,9 +333,18 @@ def measure(method: str, shape_name: str, n: int, device: str = "cpu", dtype: st
         cpu *= wall / wall_m  # CPU time scaled by the same factor
         fit = {"half": half, "half_wall_s": t_h, "alpha": a, "beta": b,
                "per_item_share": a * n / wall if wall > 0 else 0.0}
+    # Peak memory last, so that its allocator settings cannot slow the timed runs: one run at the timed size (the
+    # full size with full_memory), large blocks mmap'ed so the resident set follows the live memory.
+    mem_at = n if full_memory else m
+    malloc_for_measurement(dev)
+    mem = PeakMemory(dev)
+    mem.start()
+    mem_run = run(mem_at)
+    peak = mem.peak_bytes()
+    full_run = mem_run if mem_at == n and m < n else None
     return {"method": method, "shape": shape_name, "n": n, "timed": m, "device": device, "dtype": dtype,
             "threads": torch.get_num_threads(), "wall_s": wall, "cpu_s": cpu, "wall_runs_s": walls,
-            "extrapolated": m < n, "fit": fit, "peak_bytes": peak, "peak_at": n if (m == n or full_run) else m,
+            "extrapolated": m < n, "fit": fit, "peak_bytes": peak, "peak_at": mem_at,
             "full_run_s": full_run[0] if full_run else None, "rate_at_run": rate, "cpu_rate_at_run": cpu_rate,
             "flops": method_flops(method, n, n, **shape), "loadavg": os.getloadavg()[0]}
 
@@ -429,9 +443,8 @@ def _worker_call(job: dict, inprocess: bool) -> dict:
             rate, cpu_rate = gemm_rate(SHAPES[job["shape"]], dev, dt, seconds=job.get("seconds", 2.0))
             return {"rate": rate, "cpu_rate": cpu_rate, "threads": torch.get_num_threads()}
         return measure_search(**job) if kind == "search" else measure(**job)
-    env = {**os.environ, **WORKER_ENV}
     cmd = [sys.executable, os.path.abspath(__file__), "--_worker", json.dumps(job)]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"worker {job} failed:\n{p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
