@@ -177,12 +177,20 @@ def tune_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _trial(values: dict[str, Any], sweep: dict[str, Any], parent_run_id: str) -> None:
-    """One trial: a TorchTrainer run named after the trial id, reporting to Tune and to its MLflow child run."""
+def _trial(values: dict[str, Any], sweep: dict[str, Any], parent_run_id: str, workdir: str | None = None) -> None:
+    """One trial: a TorchTrainer run named after the trial id, reporting to Tune and to its MLflow child run.
+
+    Tune starts each trial inside its own trial directory; relative paths of the config (``storage: runs``,
+    ``data.root``, ``data.cache``, a local ``model.pretrained``) mean the sweep driver's working directory, so the
+    trial moves back there (when that directory exists on this node).
+    """
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipelines import train
+
+    if workdir and os.path.isdir(workdir):
+        os.chdir(workdir)
 
     sc = SweepConfig(**sweep)
     trial_id = ray.tune.get_context().get_trial_id()
@@ -193,8 +201,8 @@ def _trial(values: dict[str, Any], sweep: dict[str, Any], parent_run_id: str) ->
 
 
 def trial_cpus(cfg: RunConfig) -> float:
-    """CPUs one trial occupies: its training workers plus one for Ray Data decoding."""
-    return cfg.train.num_workers * cfg.train.cpus_per_worker + 1.0
+    """CPUs one trial occupies: its training workers plus one Ray Data decode task (``data.decode_cpus``)."""
+    return cfg.train.num_workers * cfg.train.cpus_per_worker + cfg.data.decode_cpus
 
 
 def sweep_dir(storage: Path, name: str) -> Path:
@@ -225,7 +233,8 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, resume: bool = Fal
     (tdir.parent / f"{sweep.name}.sweep.json").write_text(json.dumps(dataclasses.asdict(sweep)))
     trainable = tune.with_resources(
         # the trial function only drives its TorchTrainer: a token CPU share (Tune refuses an empty request)
-        tune.with_parameters(_trial, sweep=dataclasses.asdict(sweep), parent_run_id=parent_id), {"CPU": 0.01})
+        tune.with_parameters(_trial, sweep=dataclasses.asdict(sweep), parent_run_id=parent_id,
+                             workdir=os.getcwd()), {"CPU": 0.01})
     # mid-epoch checkpoint reports have no validation metric yet; the schedulers skip such results
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     status = "FAILED"

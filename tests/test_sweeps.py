@@ -63,11 +63,12 @@ def test_missing_space_is_rejected(tmp_path):
         load_sweep(_write(tmp_path, body))
 
 
-def _sweep_file(tmp_path, root, name, samples) -> Path:
+def _sweep_file(tmp_path, root, name, samples, storage=None) -> Path:
     body = {
         "name": name,
         "base": str(ROOT / "configs" / "demo.yaml"),
-        "overrides": [f"storage={tmp_path / 'runs'}", f"data.root={root}", "data.cache=null", "experiment=test-sweeps",
+        "overrides": [f"storage={storage or tmp_path / 'runs'}", f"data.root={root}", "data.cache=null",
+                      "experiment=test-sweeps",
                       "model.num_frames=4", "model.max_words=16", "model.temporal_layers=1", "train.epochs=2",
                       "train.batch_size=8", "train.eval_batch_size=8", "train.num_workers=1",
                       "train.checkpoint_every_steps=2"],
@@ -92,12 +93,22 @@ def _runs(storage: Path):
 
 @pytest.fixture(scope="module")
 def two_trial_sweep(ray_session, tiny_synth, tmp_path_factory):
-    """A real 2-trial sweep on the session's local Ray; returns (its output, its storage folder)."""
+    """A real 2-trial sweep on the session's local Ray; returns (its output, its storage folder).
+
+    Storage and data root are given relative to the driver's working directory, as `storage: runs` in the shipped
+    configs: every trial (which Tune starts in its own trial directory) must still log into that one store.
+    """
     from sweeps.tune import run_sweep
 
     tmp_path = tmp_path_factory.mktemp("sweep2")
-    sweep = load_sweep(_sweep_file(tmp_path, tiny_synth, "two", samples=2))
-    return run_sweep(sweep), tmp_path / "runs"
+    sweep = load_sweep(_sweep_file(tmp_path, os.path.relpath(tiny_synth, tmp_path), "two", samples=2, storage="runs"))
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        out = run_sweep(sweep)
+    finally:
+        os.chdir(cwd)
+    return out, tmp_path / "runs"
 
 
 @pytest.mark.ray
