@@ -201,8 +201,12 @@ def _trial(values: dict[str, Any], sweep: dict[str, Any], parent_run_id: str, wo
 
 
 def trial_cpus(cfg: RunConfig) -> float:
-    """CPUs one trial occupies: its training workers plus one Ray Data decode task (``data.decode_cpus``)."""
-    return cfg.train.num_workers * cfg.train.cpus_per_worker + cfg.data.decode_cpus
+    """CPUs one trial occupies: its training workers plus one for Ray Data decoding.
+
+    A whole CPU for decoding even when a task asks less (``data.decode_cpus``): with two trials packed onto the
+    logical CPUs of a private local Ray, a trial's Ray Data budget fell to 0 and its training data stalled.
+    """
+    return cfg.train.num_workers * cfg.train.cpus_per_worker + 1.0
 
 
 def sweep_dir(storage: Path, name: str) -> Path:
