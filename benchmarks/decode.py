@@ -32,18 +32,9 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._machine import cpu_model  # noqa: E402
 from glccl.data.frames import load_frames  # noqa: E402
 from glccl.data.manifest import MANIFEST_SCHEMA  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_clips(folder: Path, n: int, width: int, height: int, fps: int, seconds: float) -> list[Path]:

@@ -44,7 +44,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from benchmarks._machine import cpu_model  # noqa: E402
+
 SHAPES = {"msrvtt": {"K": 12, "Nw": 32, "D": 512}, "didemo": {"K": 64, "Nw": 64, "D": 512}}
 CORE_METHODS = ("glccl", "glccl_naive", "meanp", "xpool")
 TEXT_CHUNK, VIDEO_CHUNK = 32, 64  # the fast GLCCL head's default blocks (GEMM shape for the rate)
@@ -63,16 +64,6 @@ NAIVE_BLOCK = 64  # the released evaluation's batch_size_val on MSR-VTT
 
 # ---------------------------------------------------------------------------------------------------------------------
 # machine, FLOPs, memory
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine(device: str) -> str:
