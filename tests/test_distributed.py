@@ -4,7 +4,6 @@ the concatenated batch. Real processes and a real process group, no mocks."""
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ import torch.multiprocessing as mp
 from glccl import engine
 from glccl.losses import RetrievalLoss
 from glccl.model import create_model
+from tests.helpers import free_port
 
 WORLD = 2
 B = 6  # global batch: 3 per worker
@@ -63,16 +63,11 @@ def _worker(rank: int, port: int, head: str, seed: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.parametrize("head", ["glccl", "meanp"])
 def test_two_workers_match_one_process(head, tmp_path):
     seed = int.from_bytes(os.urandom(4), "little")
-    mp.start_processes(_worker, args=(_free_port(), head, seed, str(tmp_path)), nprocs=WORLD, join=True,
+    mp.start_processes(_worker, args=(free_port(), head, seed, str(tmp_path)), nprocs=WORLD, join=True,
                        start_method="spawn")
     single = _model(head)
     losses = engine.compute_losses(single, RetrievalLoss(eta=0.5), _batch(seed))
