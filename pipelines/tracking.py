@@ -157,6 +157,26 @@ def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
         client.log_batch(run_id, params=items[i:i + 90])
 
 
+STOPPED_EARLY_TAG = "glccl.stopped_early"
+"""Set on the run of a sweep trial that Tune stopped before its last epoch (scheduler, max_t or time budget)."""
+
+
+def stopped_early(uri: str, run_id: str) -> bool:
+    return _client(uri).get_run(run_id).data.tags.get(STOPPED_EARLY_TAG) == "1"
+
+
+def end_stopped_trial(uri: str, run_id: str) -> None:
+    """End the run of a trial Tune stopped: FINISHED (Tune counts it TERMINATED, a normal end), tagged
+    ``glccl.stopped_early``, without the error its process may have recorded while being torn down."""
+    client = _client(uri)
+    run = client.get_run(run_id)
+    client.set_tag(run_id, STOPPED_EARLY_TAG, "1")
+    if "glccl.error" in run.data.tags:
+        client.delete_tag(run_id, "glccl.error")
+    if run.info.status != "FINISHED":
+        client.set_terminated(run_id, status="FINISHED")
+
+
 def end_run(uri: str, run_id: str, status: str) -> None:
     _client(uri).set_terminated(run_id, status=status)
 

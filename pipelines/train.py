@@ -15,6 +15,7 @@ is continued, not duplicated). Worker failures restart from the last checkpoint 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import math
 import os
@@ -381,8 +382,30 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     tmp = tempfile.mkdtemp(prefix="glccl-ray-", dir="/tmp")
-    ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=tmp, object_store_memory=2 * 1024**3,
-             configure_logging=False)
+    # The dashboard serves Ray's state API. Ray Train's PlacementGroupCleaner needs it to notice a controller that
+    # died (a sweep trial stopped by its scheduler): without it the run's placement group stays reserved and the next
+    # trial's data tasks wait forever for the CPU it holds.
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=_free_port(),
+             _temp_dir=tmp, object_store_memory=2 * 1024**3, configure_logging=False)
+    atexit.register(_remove_local_ray, tmp)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _remove_local_ray(tmp: str) -> None:
+    """At exit: stop the private local Ray this process started and delete its temp dir (sockets, session logs)."""
+    import shutil
+
+    import ray
+
+    ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def local_cpus(cfg: RunConfig) -> int:
@@ -435,7 +458,20 @@ def run(cfg: RunConfig, address: str | None = None, extra_tags: dict[str, str] |
         status = "FINISHED"
         return {"run_id": run_id, "tracking_uri": uri, "metrics": metrics,
                 "checkpoint": result.checkpoint.path if result.checkpoint else None}
+    except SystemExit as e:
+        if not e.code:  # Tune stops a trial (ASHA, max_t, time budget) with SystemExit(0) at its next report
+            status = "FINISHED"
+            logger.tag(tracking.STOPPED_EARLY_TAG, "1")
+        raise
+    except BaseException as e:
+        # or Tune removed the trial's placement group, killing the Train controller: the sweep driver then tags the
+        # run as stopped early (see sweeps.tune), and that is not a failure
+        if not tracking.stopped_early(uri, run_id):
+            logger.tag("glccl.error", f"{type(e).__name__}: {e}"[:4000])
+        raise
     finally:
+        if status == "FAILED" and tracking.stopped_early(uri, run_id):
+            status = "FINISHED"
         tracking.end_run(uri, run_id, status)
 
 

@@ -255,14 +255,62 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, resume: bool = Fal
                                             scheduler=_scheduler(sweep), search_alg=_search(sweep),
                                             max_concurrent_trials=concurrent,
                                             time_budget_s=sweep.time_budget_s or None),
-                run_config=tune.RunConfig(name=sweep.name, storage_path=str(tdir.parent)),
+                run_config=tune.RunConfig(name=sweep.name, storage_path=str(tdir.parent),
+                                          callbacks=[_close_trial_runs(uri, base.experiment, sweep.name)]),
             )
         grid = tuner.fit()
+        for result in grid:  # trial processes have ended now: settle their runs once more (see _settle_trial_run)
+            trial_id = (result.metrics or {}).get("trial_id")
+            if trial_id:  # a trial that never reported was settled by the callback alone
+                _settle_trial_run(uri, base.experiment, f"{sweep.name}-{trial_id}", ok=result.error is None)
         summary = _summarise(grid, sweep, parent)
         status = "FINISHED"
         return summary
     finally:
         tracking.end_run(uri, parent_id, status)
+
+
+def _trial_run_ids(uri: str, experiment: str, name: str) -> list[tuple[str, str]]:
+    from pipelines import tracking
+
+    client = tracking._client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.RUN_NAME_TAG}` = '{name}'")
+    return [(r.info.run_id, r.info.status) for r in runs]
+
+
+def _settle_trial_run(uri: str, experiment: str, name: str, ok: bool) -> None:
+    """Make a trial's MLflow run agree with how Tune ended the trial.
+
+    A trial stopped by Tune (ASHA cutting it, ``max_t``, the time budget) has its process ended mid-run: it may never
+    reach its own ``finally`` (run left RUNNING), or reach it through the error of its Train controller being torn
+    down (run ended FAILED). Tune counts such a trial TERMINATED, a normal end, so its run is ended FINISHED and tagged
+    ``glccl.stopped_early``. A trial that errored is ended FAILED if it was left RUNNING.
+    """
+    from pipelines import tracking
+
+    for run_id, status in _trial_run_ids(uri, experiment, name):
+        if ok and status != "FINISHED":
+            tracking.end_stopped_trial(uri, run_id)
+        elif not ok and status == "RUNNING":
+            tracking.end_run(uri, run_id, "FAILED")
+
+
+def _close_trial_runs(uri: str, experiment: str, sweep_name: str):
+    """A Tune callback (pickled with the sweep's state, so a restored sweep keeps it) that settles each trial's MLflow
+    run as soon as Tune ends the trial; ``run_sweep`` settles them all once more after the sweep."""
+    from ray import tune
+
+    class CloseTrialRuns(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            _settle_trial_run(uri, experiment, f"{sweep_name}-{trial.trial_id}", ok=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            _settle_trial_run(uri, experiment, f"{sweep_name}-{trial.trial_id}", ok=False)
+
+    return CloseTrialRuns()
 
 
 def _scheduler(sweep: SweepConfig):
@@ -272,8 +320,10 @@ def _scheduler(sweep: SweepConfig):
     if spec.pop("type", "asha") == "fifo":
         return FIFOScheduler()
     base = sweep.run_config()
-    # rungs count epochs: mid-epoch checkpoint reports carry no validation metric and ASHA skips them
-    return ASHAScheduler(time_attr="epoch", max_t=spec.pop("max_t", base.train.epochs),
+    # Rungs count epochs: mid-epoch checkpoint reports carry no validation metric and ASHA skips them. ASHA stops a
+    # trial that reaches max_t at once, before its test evaluation and model logging: by default max_t lies one epoch
+    # past the last, so a trial that survives every rung ends by itself.
+    return ASHAScheduler(time_attr="epoch", max_t=spec.pop("max_t", base.train.epochs + 1),
                          grace_period=spec.pop("grace_period", 1), reduction_factor=spec.pop("reduction_factor", 2))
 
 

@@ -63,18 +63,18 @@ def test_missing_space_is_rejected(tmp_path):
         load_sweep(_write(tmp_path, body))
 
 
-def _sweep_file(tmp_path, root, name, samples, storage=None) -> Path:
+def _sweep_file(tmp_path, root, name, samples, storage=None, cache=None, scheduler=None) -> Path:
     body = {
         "name": name,
         "base": str(ROOT / "configs" / "demo.yaml"),
-        "overrides": [f"storage={storage or tmp_path / 'runs'}", f"data.root={root}", "data.cache=null",
+        "overrides": [f"storage={storage or tmp_path / 'runs'}", f"data.root={root}", f"data.cache={cache or 'null'}",
                       "experiment=test-sweeps",
                       "model.num_frames=4", "model.max_words=16", "model.temporal_layers=1", "train.epochs=2",
                       "train.batch_size=8", "train.eval_batch_size=8", "train.num_workers=1",
                       "train.checkpoint_every_steps=2"],
         "space": {"loss.eta": {"type": "uniform", "low": 0.1, "high": 0.9},
                   "train.lr": {"type": "loguniform", "low": 3e-4, "high": 3e-3}},
-        "metric": "val/t2v/R@1", "mode": "max", "samples": samples, "scheduler": {"type": "fifo"},
+        "metric": "val/t2v/R@1", "mode": "max", "samples": samples, "scheduler": scheduler or {"type": "fifo"},
         "max_concurrent": 1,
     }
     return _write(tmp_path, body, f"{name}.yaml")
@@ -226,3 +226,36 @@ def test_interrupted_sweep_resumes_to_completion(tiny_synth, tmp_path):
     assert len(children2) == 2, [c.info.run_name for c in children2]  # no duplicate runs for the resumed trial
     assert all(c.info.status == "FINISHED" for c in children2)
     assert {c.info.run_id for c in children} <= {c.info.run_id for c in children2}
+
+
+@pytest.mark.ray
+def test_trials_stopped_by_the_scheduler_end_cleanly_and_the_next_trial_runs(tiny_synth, tmp_path):
+    """ASHA stops every trial at max_t = 1 of 2 epochs, ending its process mid-run; `glccl sweep` on its own local Ray,
+    reading a frame cache, as the demo sweep does.
+
+    Regression: the stopped trial's Ray Train placement group stayed reserved (Train's cleaner needs the state API, so
+    the local Ray runs its dashboard), and the next trial's data tasks waited forever for that CPU. Its MLflow run
+    stayed RUNNING (its process never reached its `finally`).
+    """
+    path = _sweep_file(tmp_path, tiny_synth, "stopped", samples=2, cache=tmp_path / "cache",
+                       scheduler={"type": "asha", "max_t": 1, "grace_period": 1})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    with open(tmp_path / "sweep.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "sweeps.tune", "--config", str(path)], cwd=ROOT, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=420)
+        except subprocess.TimeoutExpired:
+            rc = None
+        finally:
+            _kill_tree(proc.pid)
+    out = (tmp_path / "sweep.log").read_text(errors="replace")
+    assert rc == 0, f"sweep did not finish (rc {rc}); log tail:\n{out[-3000:]}"
+    _, parents, children = _runs(tmp_path / "runs")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 2
+    for c in children:
+        assert c.info.status == "FINISHED", (c.info.run_name, c.info.status)
+        assert c.data.tags.get("glccl.stopped_early") == "1", c.info.run_name
+        assert "val/t2v/R1" in c.data.metrics, sorted(c.data.metrics)  # its epoch-1 validation was recorded
