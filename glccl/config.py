@@ -34,8 +34,8 @@ def _check(cond: bool, key: str, msg: str) -> None:
 @dataclass
 class ModelConfig:
     preset: str = "tiny"
-    """Encoder preset: ``tiny`` (tests), ``tiny-rn`` (the demo), ``vit-b-32`` (OpenAI ViT-B/32, QuickGELU) or
-    ``vit-b-16``."""
+    """Encoder preset: ``tiny`` (tests), ``tiny-rn`` / ``tiny-rn-32`` (conv towers at 64 / 32 px; the demo uses
+    ``tiny-rn-32``), ``vit-b-32`` (OpenAI ViT-B/32, QuickGELU) or ``vit-b-16``."""
     pretrained: str | None = None
     """Local weight file (OpenAI TorchScript ``.pt``, plain state dict or open_clip checkpoint), or an explicit hub tag
     (``openai``, ``hf-hub:...``) which is the only thing that ever touches the network. None: random init."""
@@ -57,6 +57,9 @@ class ModelConfig:
     logit_scale_init: float | None = None
     """Initial similarity scale λ (not its log); None keeps CLIP's (1/0.07 at random init, the weights' value when
     pretrained). A from-scratch model learns faster starting sharper (the demo uses 30)."""
+    freeze_token_embedding: bool = False
+    """Keep CLIP's token embedding (49,408 x width) fixed. It is most of a small model's parameters: frozen, it costs no
+    gradient all-reduce and no optimiser update (the demo freezes its random one; BENCHMARKS.md, "Main job")."""
 
     def validate(self, prefix: str = "model") -> None:
         _check(self.num_frames >= 1, f"{prefix}.num_frames", f"must be >= 1, got {self.num_frames}")

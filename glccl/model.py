@@ -126,7 +126,7 @@ class GLCCL(nn.Module):
 def create_model(preset: str = "tiny", pretrained: str | None = None, head: str = "glccl", num_frames: int = 12,
                  max_words: int = 32, temporal_layers: int = 4, glim_temperature: float = 5.0,
                  grad_checkpointing: bool = False, mask_padding: bool = True, logit_scale_init: float | None = None,
-                 **head_kwargs) -> GLCCL:
+                 freeze_token_embedding: bool = False, **head_kwargs) -> GLCCL:
     """Build a :class:`GLCCL`.
 
     Args:
@@ -140,6 +140,7 @@ def create_model(preset: str = "tiny", pretrained: str | None = None, head: str 
         grad_checkpointing: recompute CLIP and temporal blocks in backward.
         mask_padding: mask padded words/frames in the head (False reproduces the released code).
         logit_scale_init: initial similarity scale λ (after loading weights); None keeps CLIP's.
+        freeze_token_embedding: keep CLIP's token embedding fixed (``requires_grad=False``).
         **head_kwargs: passed on to the head.
 
     Raises:
@@ -166,6 +167,8 @@ def create_model(preset: str = "tiny", pretrained: str | None = None, head: str 
             raise ValueError(f"logit_scale_init must be > 0 (the scale, not its log), got {logit_scale_init}")
         with torch.no_grad():
             model.logit_scale.fill_(math.log(logit_scale_init))
+    if freeze_token_embedding:
+        model.clip.token_embedding.requires_grad_(False)
     if grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model
@@ -176,4 +179,5 @@ def create_model_from_config(cfg) -> GLCCL:
     return create_model(preset=cfg.preset, pretrained=cfg.pretrained, head=cfg.head, num_frames=cfg.num_frames,
                         max_words=cfg.max_words, temporal_layers=cfg.temporal_layers,
                         glim_temperature=cfg.glim_temperature, grad_checkpointing=cfg.grad_checkpointing,
-                        mask_padding=cfg.mask_padding, logit_scale_init=cfg.logit_scale_init)
+                        mask_padding=cfg.mask_padding, logit_scale_init=cfg.logit_scale_init,
+                        freeze_token_embedding=cfg.freeze_token_embedding)

@@ -182,19 +182,38 @@ def end_run(uri: str, run_id: str, status: str) -> None:
 
 
 class RunLogger:
-    """Metric/artifact writer for one run (used on rank 0 and by the driver). Buffers nothing: each call is a write."""
+    """Metric/artifact writer for one run (used on rank 0 and by the driver). Each call is a write, except
+    ``metrics(..., buffer=True)``: those are held and written ``flush_every`` steps at a time, or at ``flush()``
+    (one SQLite write per step cost ~10 ms of a ~0.3 s demo step, on the critical path of every worker)."""
 
-    def __init__(self, uri: str, run_id: str):
+    def __init__(self, uri: str, run_id: str, flush_every: int = 20):
         self.uri, self.run_id = uri, run_id
         self.client = _client(uri)
+        self.flush_every = flush_every
+        self._pending: list = []
+        self._pending_steps: set[int] = set()
 
-    def metrics(self, values: dict[str, float], step: int, prefix: str = "") -> None:
+    def metrics(self, values: dict[str, float], step: int, prefix: str = "", buffer: bool = False) -> None:
         import time
 
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
         items = [Metric(metric_key(prefix + k), float(v), ts, int(step)) for k, v in values.items()]
+        if buffer:
+            self._pending += items
+            self._pending_steps.add(int(step))
+            if len(self._pending_steps) >= self.flush_every:
+                self.flush()
+            return
+        self._write(items)
+
+    def flush(self) -> None:
+        """Write the buffered metrics (call before a checkpoint, at the end of an epoch and at the end)."""
+        items, self._pending, self._pending_steps = self._pending, [], set()
+        self._write(items)
+
+    def _write(self, items: list) -> None:
         for i in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[i:i + 500])
 

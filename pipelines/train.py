@@ -235,6 +235,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def report(metrics: dict[str, float], epoch: int, batch_in_epoch: int, with_ckpt: bool = True) -> None:
         counters = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "best": best}
         metrics = {**metrics, "step": step, "epoch": epoch}
+        if logger is not None:
+            logger.flush()  # a run resumed from this checkpoint continues after the steps logged so far
         if with_ckpt and rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 _save_checkpoint(Path(tmp), core, optimizer, scheduler, counters, best_state)
@@ -249,54 +251,61 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     train_shard = ray.train.get_dataset_shard("train")
     dtypes = torch_dtypes("pairs")
-    for epoch in range(start_epoch, tc.epochs):
-        if finished(step):
-            break
-        t0, data_wait, n_batches = time.perf_counter(), 0.0, 0
-        it = iter(train_shard.iter_torch_batches(batch_size=local_bs, drop_last=True, dtypes=dtypes,
-                                                 local_shuffle_buffer_size=max(local_bs * 4, 64)))
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=rank != 0,
-                   mininterval=5.0, file=sys.stderr)
-        batch_in_epoch = 0
-        while batch_in_epoch < steps_per_epoch and not finished(step):
-            tw = time.perf_counter()
-            try:
-                batch = next(it)
-            except StopIteration:
+    try:
+        for epoch in range(start_epoch, tc.epochs):
+            if finished(step):
                 break
-            data_wait += time.perf_counter() - tw
-            batch_in_epoch += 1
-            if batch_in_epoch <= skip_batches:  # data position of a mid-epoch checkpoint
+            t0, data_wait, n_batches = time.perf_counter(), 0.0, 0
+            it = iter(train_shard.iter_torch_batches(batch_size=local_bs, drop_last=True, dtypes=dtypes,
+                                                     local_shuffle_buffer_size=max(local_bs * 4, 64)))
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=rank != 0,
+                       mininterval=5.0, file=sys.stderr)
+            batch_in_epoch = 0
+            while batch_in_epoch < steps_per_epoch and not finished(step):
+                tw = time.perf_counter()
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    break
+                data_wait += time.perf_counter() - tw
+                batch_in_epoch += 1
+                if batch_in_epoch <= skip_batches:  # data position of a mid-epoch checkpoint
+                    bar.update(1)
+                    continue
+                batch = {k: batch[k].to(device) for k in ("tokens", "frames", "frame_mask")}
+                logs = engine.train_step(model, loss_fn, batch, optimizer, scheduler, grad_clip=tc.grad_clip,
+                                         logit_scale_max=cfg.loss.logit_scale_max, device=device)
+                step += 1
+                n_batches += 1
+                _maybe_inject_fault(config.get("fault"), step, rank)
                 bar.update(1)
-                continue
-            batch = {k: batch[k].to(device) for k in ("tokens", "frames", "frame_mask")}
-            logs = engine.train_step(model, loss_fn, batch, optimizer, scheduler, grad_clip=tc.grad_clip,
-                                     logit_scale_max=cfg.loss.logit_scale_max, device=device)
-            step += 1
-            n_batches += 1
-            _maybe_inject_fault(config.get("fault"), step, rank)
-            bar.update(1)
-            bar.set_postfix(loss=f"{logs['loss']:.3f}")
+                bar.set_postfix(loss=f"{logs['loss']:.3f}")
+                if logger is not None:
+                    logger.metrics(logs, step, prefix="train/", buffer=True)
+                if tc.checkpoint_every_steps and step % tc.checkpoint_every_steps == 0 and batch_in_epoch < steps_per_epoch:
+                    report({"train/loss": logs["loss"]}, epoch, batch_in_epoch)
+            bar.close()
             if logger is not None:
-                logger.metrics(logs, step, prefix="train/")
-            if tc.checkpoint_every_steps and step % tc.checkpoint_every_steps == 0 and batch_in_epoch < steps_per_epoch:
-                report({"train/loss": logs["loss"]}, epoch, batch_in_epoch)
-        bar.close()
-        skip_batches = 0
-        elapsed = time.perf_counter() - t0
-        val, _ = _evaluate(model, "val", config["texts"]["val"], cfg, device)
-        if val[SELECT_METRIC] > best["metric"]:  # selection on validation, never on test
-            best = {"metric": val[SELECT_METRIC], "epoch": epoch}
-            best_state = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
-        epoch_logs = {"data_wait_share": data_wait / max(elapsed, 1e-9), "epoch_time_s": elapsed,
-                      "samples_per_s": n_batches * tc.batch_size / max(elapsed, 1e-9)}
-        if logger is not None:
-            logger.metrics({**{f"val/{k}": v for k, v in val.items()}, **{f"train/{k}": v for k, v in epoch_logs.items()}},
-                           step)
-            print(f"[glccl] epoch {epoch + 1}/{tc.epochs} step {step} val t2v R@1 {val['t2v/R@1']:.1f} "
-                  f"v2t R@1 {val['v2t/R@1']:.1f} ({elapsed:.1f}s, data wait {epoch_logs['data_wait_share']:.0%})",
-                  flush=True)
-        report({f"val/{k}": v for k, v in val.items()}, epoch + 1, 0)
+                logger.flush()
+            skip_batches = 0
+            elapsed = time.perf_counter() - t0
+            val, _ = _evaluate(model, "val", config["texts"]["val"], cfg, device)
+            if val[SELECT_METRIC] > best["metric"]:  # selection on validation, never on test
+                best = {"metric": val[SELECT_METRIC], "epoch": epoch}
+                best_state = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
+            epoch_logs = {"data_wait_share": data_wait / max(elapsed, 1e-9), "epoch_time_s": elapsed,
+                          "samples_per_s": n_batches * tc.batch_size / max(elapsed, 1e-9)}
+            if logger is not None:
+                logger.metrics({**{f"val/{k}": v for k, v in val.items()}, **{f"train/{k}": v for k, v in epoch_logs.items()}},
+                               step)
+                print(f"[glccl] epoch {epoch + 1}/{tc.epochs} step {step} val t2v R@1 {val['t2v/R@1']:.1f} "
+                      f"v2t R@1 {val['v2t/R@1']:.1f} ({elapsed:.1f}s, data wait {epoch_logs['data_wait_share']:.0%})",
+                      flush=True)
+            report({f"val/{k}": v for k, v in val.items()}, epoch + 1, 0)
+    except BaseException:
+        if logger is not None:  # the buffered step metrics of a failing run are kept
+            logger.flush()
+        raise
 
     # test once, with the best-on-validation weights
     if best_state is not None:

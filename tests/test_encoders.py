@@ -34,7 +34,7 @@ def _perturb(module: torch.nn.Module, seed: int = 1) -> None:
 
 
 def test_presets():
-    assert {"tiny", "tiny-rn", "vit-b-32", "vit-b-16"} <= set(list_presets())
+    assert {"tiny", "tiny-rn", "tiny-rn-32", "vit-b-32", "vit-b-16"} <= set(list_presets())
     assert get_preset("vit-b-32").open_clip_name == "ViT-B-32-quickgelu"
     assert get_preset("vit-b-16").open_clip_name == "ViT-B-16-quickgelu"
     with pytest.raises(ValueError, match="unknown preset"):
@@ -48,11 +48,12 @@ def test_tiny_preset_shape(clip):
     assert clip.positional_embedding.shape == (77, 128)
 
 
-def test_tiny_rn_preset_encodes_frames():
-    rn = build_clip("tiny-rn").eval()
+@pytest.mark.parametrize("preset, size", [("tiny-rn", 64), ("tiny-rn-32", 32)])
+def test_tiny_rn_presets_encode_frames(preset, size):
+    rn = build_clip(preset).eval()
     assert type(rn.visual).__name__ == "ModifiedResNet"
-    assert embed_dim(rn) == 128 and image_size(rn) == 64
-    frames = torch.randint(0, 256, (2, 3, 3, 64, 64), dtype=torch.uint8)
+    assert embed_dim(rn) == 128 and image_size(rn) == size
+    frames = torch.randint(0, 256, (2, 3, 3, size, size), dtype=torch.uint8)
     feats, mask = encode_frames(rn, frames)
     assert feats.shape == (2, 3, 128) and bool(mask.all())
     assert torch.isfinite(feats).all() and feats[0, 0].ne(feats[1, 0]).any()

@@ -236,3 +236,26 @@ def test_logit_scale_init():
     assert create_model_from_config(cfg.model).logit_scale.exp().item() == pytest.approx(30.0, rel=1e-5)
     with pytest.raises(ConfigError, match="model.logit_scale_init"):
         load_config({"model": {"logit_scale_init": -1}})
+
+
+def test_freeze_token_embedding_keeps_it_out_of_training():
+    """model.freeze_token_embedding: the embedding gets no gradient and no optimiser update; the rest still trains."""
+    from glccl import engine
+    from glccl.config import load_config
+    from glccl.losses import RetrievalLoss
+    from glccl.optim import build_optimizer
+
+    cfg = load_config({"model": {"preset": "tiny", "head": "glccl", "num_frames": 3, "max_words": 8,
+                                 "freeze_token_embedding": True}})
+    torch.manual_seed(0)
+    model = create_model_from_config(cfg.model)
+    emb = model.clip.token_embedding.weight
+    assert not emb.requires_grad
+    opt = build_optimizer(model, 1e-2, 1.0, 0.2)
+    assert all(p is not emb for g in opt.param_groups for p in g["params"])
+    before, pos_before = emb.detach().clone(), model.clip.positional_embedding.detach().clone()
+    batch = {"tokens": torch.randint(1, 400, (4, 8)), "frames": torch.randint(0, 256, (4, 3, 64, 64, 3), dtype=torch.uint8),
+             "frame_mask": torch.ones(4, 3, dtype=torch.bool)}
+    engine.train_step(model, RetrievalLoss(eta=0.5), batch, opt)
+    assert emb.grad is None and torch.equal(emb.detach(), before)
+    assert not torch.equal(model.clip.positional_embedding.detach(), pos_before)
