@@ -381,7 +381,7 @@ def _log_test_artifacts(logger: tracking.RunLogger, test: dict[str, float], info
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Connect to ``address`` / ``RAY_ADDRESS``, or start a private local Ray (own temp dir, no dashboard)."""
+    """Connect to ``address`` / ``RAY_ADDRESS``, or start a private local Ray (own temp dir, dashboard on a free port)."""
     import ray
 
     if ray.is_initialized():
@@ -393,8 +393,12 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     tmp = tempfile.mkdtemp(prefix="glccl-ray-", dir="/tmp")
     # The dashboard serves Ray's state API. Ray Train's PlacementGroupCleaner needs it to notice a controller that
     # died (a sweep trial stopped by its scheduler): without it the run's placement group stays reserved and the next
-    # trial's data tasks wait forever for the CPU it holds.
-    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=_free_port(),
+    # trial's data tasks wait forever for the CPU it holds. The cleaner finds the state API through
+    # RAY_API_SERVER_ADDRESS, which every process of this Ray inherits: without it, it looks for "the" local cluster
+    # and gives up when other Ray instances run on the machine ("Found multiple active Ray instances").
+    port = _free_port()
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
              _temp_dir=tmp, object_store_memory=2 * 1024**3, configure_logging=False)
     atexit.register(_remove_local_ray, tmp)
 
