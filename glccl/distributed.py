@@ -19,18 +19,42 @@ def rank() -> int:
     return dist.get_rank() if is_dist() else 0
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward hands each rank the sum over ranks of its slice's gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        world, rank = dist.get_world_size(), dist.get_rank()
+        out = torch.empty((world * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
+        dist.all_gather(list(out.chunk(world)), x)
+        ctx.rows, ctx.rank, ctx.world = x.shape[0], rank, world
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        if dist.get_backend() == dist.Backend.NCCL:
+            mine = torch.empty((ctx.rows, *grad.shape[1:]), dtype=grad.dtype, device=grad.device)
+            dist.reduce_scatter_tensor(mine, grad)
+            return mine
+        grad = grad.clone()  # gloo has no reduce-scatter: one all-reduce, then this rank's slice
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every rank along dim 0, keeping autograd.
 
-    The backward of ``torch.distributed.nn.all_gather`` sums each slice's gradient over ranks. Every rank computes the
-    same global loss L, so rank r receives N * dL/dx_r; DDP's gradient averaging then yields exactly dL/dtheta, the
-    gradient of one process on the concatenated batch. Requires the same shape on every rank.
+    The backward sums each slice's gradient over ranks. Every rank computes the same global loss L, so rank r receives
+    N * dL/dx_r; DDP's gradient averaging then yields exactly dL/dtheta, the gradient of one process on the
+    concatenated batch. Requires the same shape on every rank. Each call is one collective forward and one backward:
+    the backward collectives of two gathers are not ordered by the graph, and ranks may run them in different orders,
+    so gather what one loss needs in one call (see ``glccl.engine.compute_losses``).
     """
     if not is_dist() or world_size() == 1:
         return x
-    import torch.distributed.nn.functional as dnnf
-
-    return torch.cat(dnnf.all_gather(x), dim=0)
+    return _GatherWithGrad.apply(x)
 
 
 @torch.no_grad()

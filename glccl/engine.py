@@ -37,31 +37,65 @@ def channels_first(frames: torch.Tensor) -> torch.Tensor:
     return frames
 
 
-def gather_features(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """All-gather the per-rank features into the global batch (features keep autograd; masks don't need it)."""
+def gather_features(out: dict[str, torch.Tensor], keys: Iterable[str] = FEATURE_KEYS) -> dict[str, torch.Tensor]:
+    """All-gather the per-rank features into the global batch (features keep autograd; masks don't need it).
+
+    All float features travel in one gathered ``[b, sum of widths]`` tensor and all masks in one more, so one loss
+    never depends on two backward collectives whose order the ranks could disagree on.
+    """
+    keys = list(keys)
     if gdist.world_size() == 1:
-        return {k: out[k] for k in FEATURE_KEYS}
+        return {k: out[k] for k in keys}
     feats = {}
-    for k in FEATURE_KEYS:
-        x = out[k]
-        if x.dtype == torch.bool:  # gloo has no bool all_gather
-            feats[k] = gdist.gather_no_grad(x.to(torch.uint8)).bool()
-        else:
-            feats[k] = gdist.gather_with_grad(x)
+    for grad, group in ((True, [k for k in keys if out[k].dtype != torch.bool]),
+                        (False, [k for k in keys if out[k].dtype == torch.bool])):
+        if not group:
+            continue
+        b = out[group[0]].shape[0]
+        widths = [math.prod(out[k].shape[1:]) for k in group]
+        flat = torch.cat([out[k].reshape(b, -1) for k in group], dim=1)
+        if grad:
+            flat = gdist.gather_with_grad(flat)
+        else:  # gloo has no bool all_gather
+            flat = gdist.gather_no_grad(flat.to(torch.uint8)).bool()
+        for k, part in zip(group, flat.split(widths, dim=1)):
+            feats[k] = part.reshape(-1, *out[k].shape[1:]).to(out[k].dtype)
     return feats
 
 
+def shards_scoring(model: nn.Module) -> bool:
+    """Whether :func:`compute_losses` scores only this rank's texts (rows of the global matrix) under DDP.
+
+    Every pairwise head qualifies; heads with auxiliary losses (GLSCL, TC-MGC) keep state between scoring and those
+    losses, so they score the whole global batch on every rank as before.
+    """
+    return gdist.world_size() > 1 and not unwrap(model).head.aux_loss_names
+
+
 def compute_losses(model: nn.Module, loss_fn: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Forward on the local batch, gather to the global batch, score and compute every loss term."""
+    """Forward on the local batch, gather to the global batch, score and compute every loss term.
+
+    With N > 1 ranks each rank scores only its own texts against every video of the global batch (a ``[B/N, B]`` row
+    block, 1/N of the head's work) and the row blocks are all-gathered with autograd into the global ``[B, B]`` score
+    and ``[B, B, P]`` parts. Every rank then computes the same global loss, exactly as if it had scored the whole
+    matrix: the gather's backward hands each rank N times the gradient of its own rows, like the feature gathers.
+    """
     out = model(batch["tokens"], channels_first(batch["frames"]), batch.get("frame_mask"))
-    feats = gather_features(out)
     core = unwrap(model)
+    if shards_scoring(model):
+        feats = {**{k: out[k] for k in ("sentence", "words", "word_mask")},
+                 **gather_features(out, ("frames", "frame_mask"))}
+    else:
+        feats = gather_features(out)
     if not getattr(core, "mask_padding", True):  # the released code's behaviour: padding takes part everywhere
         feats["word_mask"] = torch.ones_like(feats["word_mask"])
         feats["frame_mask"] = torch.ones_like(feats["frame_mask"])
     score, parts = core.score(**feats)
+    if shards_scoring(model):  # one gather for both: [B/N, B, 1 + P] row blocks -> [B, B, 1 + P]
+        both = gdist.gather_with_grad(torch.cat([score.unsqueeze(-1), parts], dim=-1))
+        score, parts = both[..., 0], both[..., 1:]
     losses = dict(loss_fn(score.float(), parts.float(), out["logit_scale"]))
-    aux = core.head.aux_losses(**feats) if hasattr(core.head, "aux_losses") else {}
+    aux = core.head.aux_losses(**feats) if core.head.aux_loss_names else {}
     for name, value in aux.items():
         losses[f"aux/{name}"] = value
         losses["loss"] = losses["loss"] + value
