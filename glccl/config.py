@@ -107,7 +107,7 @@ class DataConfig:
     decode_cpus: float = 1.0
     """CPUs per decode task in Ray Data."""
     decode_batch_size: int = 8
-    """Items per Ray Data decode task (one block)."""
+    """Items per Ray Data map task (one block): videos decoded, or clips read from the frame cache."""
     cache_factor: int = 3
     """A frame cache holds cache_factor * K frames per video (segment sub-centres); training samples among them,
     evaluation reads the exact segment centres when the factor is odd. 1: cache exactly the K evaluation frames."""
@@ -118,6 +118,9 @@ class DataConfig:
         _check(self.decoder in ("decord", "pyav"), f"{prefix}.decoder", f"unknown decoder {self.decoder!r}")
         _check(0 <= self.max_skip_fraction <= 1, f"{prefix}.max_skip_fraction", "must be in [0, 1]")
         _check(self.decode_timeout_s > 0, f"{prefix}.decode_timeout_s", "must be > 0")
+        _check(self.decode_cpus > 0, f"{prefix}.decode_cpus", "must be > 0")
+        _check(isinstance(self.decode_batch_size, int) and self.decode_batch_size >= 1, f"{prefix}.decode_batch_size",
+               "must be an integer >= 1")
 
 
 @dataclass

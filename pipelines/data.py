@@ -3,9 +3,9 @@
 Streaming (``video_dataset``)::
 
     manifest rows of a split (one per caption)
-      -> items: one row per video-caption pair (mode="pairs", training) or per video (mode="videos", evaluation),
-         shuffled on the driver when training
-      -> map_batches(decode): decode K frames per item (resized at decode time, centre crop), tokenise captions;
+      -> items: one row per video-caption pair (mode="pairs", training; captions tokenised here, on the driver) or per
+         video (mode="videos", evaluation), shuffled on the driver when training
+      -> map_batches(decode): decode K frames per item (resized at decode time, centre crop);
          bad items are dropped and logged to a SkipLog actor (strict: the first one fails the stream)
       -> rows: frames uint8 [K,S,S,3], frame_mask bool [K], video_index int64 (+ tokens int64 [L], caption_index int64)
 
@@ -250,11 +250,8 @@ def _finish(batch, keep: list[int], frames: list, masks: list, num_frames: int, 
         return _empty(num_frames, size, pairs, max_words)
     out = {"frames": np.stack(frames), "frame_mask": np.stack(masks),
            "video_index": np.asarray(batch["video_index"], np.int64)[keep]}
-    if pairs:
-        from glccl.tokenizer import tokenize
-
-        caps = [str(batch["caption"][i]) for i in keep]
-        out["tokens"] = tokenize(caps, max_words).numpy().astype(np.int64)
+    if pairs:  # tokenised on the driver (video_dataset), so map tasks never import the tokenizer (torch, open_clip)
+        out["tokens"] = np.asarray(batch["tokens"], np.int64)[keep]
         out["caption_index"] = np.asarray(batch["caption_index"], np.int64)[keep]
     return out
 
@@ -315,11 +312,22 @@ def _parquet_file(path: str) -> pq.ParquetFile:
 
 def read_cache_row(path: str, row_group: int) -> tuple[np.ndarray, np.ndarray, int]:
     """``(frames uint8 [M, S, S, 3], frame_index int64 [M], num_total)`` of one cached video."""
-    t = _parquet_file(path).read_row_group(row_group, columns=["frames", "frame_index", "num_total", "size"])
-    size = t["size"][0].as_py()
-    idx = np.asarray(t["frame_index"][0].as_py(), np.int64)
-    frames = np.frombuffer(t["frames"][0].as_buffer(), np.uint8).reshape(len(idx), size, size, 3)
-    return frames, idx, int(t["num_total"][0].as_py())
+    return read_cache_rows(path, [row_group])[0]
+
+
+def read_cache_rows(path: str, row_groups) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """:func:`read_cache_row` for several row groups of one file, in the order given, with one parquet read."""
+    wanted = [int(rg) for rg in row_groups]
+    unique = sorted(set(wanted))
+    t = _parquet_file(path).read_row_groups(unique, columns=["frames", "frame_index", "num_total", "size"])
+    sizes, totals = t["size"].to_numpy(), t["num_total"].to_numpy()
+    frame_index, frames = t["frame_index"].to_pylist(), t["frames"]
+    rows = {}
+    for i, rg in enumerate(unique):  # one row per row group (one video each)
+        idx = np.asarray(frame_index[i], np.int64)
+        s = int(sizes[i])
+        rows[rg] = (np.frombuffer(frames[i].as_buffer(), np.uint8).reshape(len(idx), s, s, 3), idx, int(totals[i]))
+    return [rows[rg] for rg in wanted]
 
 
 def frames_from_cache(frames: np.ndarray, frame_index: np.ndarray, num_total: int, num_frames: int, train: bool,
@@ -332,10 +340,15 @@ def frames_from_cache(frames: np.ndarray, frame_index: np.ndarray, num_total: in
 
 def _cache_batch(batch: dict, *, num_frames: int, size: int, train: bool, max_words: int, seed) -> dict:
     rng = _rng(seed, batch)
+    paths = [str(p) for p in batch["cache_file"]]
+    groups = [int(rg) for rg in batch["cache_row_group"]]
+    rows: dict[tuple[str, int], tuple] = {}
+    for path in dict.fromkeys(paths):  # one parquet read per cache file of the batch
+        mine = [rg for p, rg in zip(paths, groups) if p == path]
+        rows.update({(path, rg): row for rg, row in zip(mine, read_cache_rows(path, mine))})
     frames, masks = [], []
-    for path, rg in zip(batch["cache_file"], batch["cache_row_group"]):
-        f, idx, n = read_cache_row(str(path), int(rg))
-        f, m = frames_from_cache(f, idx, n, num_frames, train, rng)
+    for key in zip(paths, groups):
+        f, m = frames_from_cache(*rows[key], num_frames, train, rng)
         frames.append(f)
         masks.append(m)
     return _finish(batch, list(range(len(frames))), frames, masks, num_frames, size, max_words)
@@ -367,6 +380,13 @@ def video_dataset(manifest, split: str, *, num_frames: int, size: int, train: bo
     import ray
 
     items = _items(manifest, split, mode)
+    if mode == "pairs":
+        from ray.data.extensions import ArrowTensorArray
+
+        from glccl.tokenizer import tokenize
+
+        tokens = tokenize(items["caption"].to_pylist(), max_words).numpy().astype(np.int64)
+        items = items.append_column("tokens", ArrowTensorArray.from_numpy(tokens))
     shuffle = train if shuffle is None else shuffle
     total = items.num_rows
     if skip_log is None:
@@ -378,6 +398,10 @@ def video_dataset(manifest, split: str, *, num_frames: int, size: int, train: bo
         if meta["size"] != size:
             raise ValueError(f"frame cache {cache_dir} holds {meta['size']}px frames, {size}px requested: prepare a "
                              f"cache at this size")
+        if meta.get("num_frames") not in (None, num_frames):
+            log.warning("frame cache %s was prepared for K=%s frames per clip; K=%d is sampled from it, each frame "
+                        "snapped to the nearest cached one (evaluation is then not frame-exact: prepare a cache for "
+                        "K=%d for that)", cache_dir, meta["num_frames"], num_frames, num_frames)
         index = pq.read_table(cache_dir / "index.parquet").to_pydict()
         where = {v: (str(cache_dir / f), int(rg)) for v, f, rg in zip(index["video_id"], index["file"],
                                                                         index["row_group"])}

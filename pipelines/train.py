@@ -81,15 +81,23 @@ def ensure_cache(data_cfg, manifest: Path, num_frames: int, size: int) -> None:
 
 def prepare_data(cfg: RunConfig, storage: Path) -> dict[str, Any]:
     """Build (or reuse) the manifest, the Ray datasets and the evaluation texts for the run."""
+    import ray.data
+
     from pipelines import data as pdata
 
+    # The training loop draws its own progress bar; Ray Data's per-operator bars, forwarded from the split coordinator
+    # through Ray's log monitor, flood a non-terminal log (~0.5 MB per run) and cost CPU the two workers need.
+    # The datasets keep the context they were created with.
+    data_ctx = ray.data.DataContext.get_current()
+    data_ctx.enable_progress_bars = False
+    data_ctx.print_on_execution_start = False
     manifest = ensure_manifest(cfg.data, storage / cfg.name)
     dc = cfg.data
     if dc.cache:
         ensure_cache(dc, manifest, cfg.model.num_frames, _image_size(cfg))
     common = dict(num_frames=cfg.model.num_frames, size=_image_size(cfg), max_words=cfg.model.max_words,
                   decoder=dc.decoder, cache=dc.cache, num_cpus=dc.decode_cpus, timeout_s=dc.decode_timeout_s,
-                  strict=dc.strict)
+                  strict=dc.strict, batch_size=dc.decode_batch_size)
     datasets = {
         "train": pdata.video_dataset(manifest, dc.train_split, train=True, mode="pairs", seed=cfg.train.seed, **common),
         "val": pdata.video_dataset(manifest, dc.val_split, train=False, mode="videos", **common),
@@ -251,13 +259,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     train_shard = ray.train.get_dataset_shard("train")
     dtypes = torch_dtypes("pairs")
+    # rows of ~8 blocks mixed into every batch (the blocks are reordered every epoch; their rows were shuffled once)
+    shuffle_buffer = max(local_bs * 4, 8 * cfg.data.decode_batch_size, 64)
     try:
         for epoch in range(start_epoch, tc.epochs):
             if finished(step):
                 break
             t0, data_wait, n_batches = time.perf_counter(), 0.0, 0
             it = iter(train_shard.iter_torch_batches(batch_size=local_bs, drop_last=True, dtypes=dtypes,
-                                                     local_shuffle_buffer_size=max(local_bs * 4, 64)))
+                                                     local_shuffle_buffer_size=shuffle_buffer))
             bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=rank != 0,
                        mininterval=5.0, file=sys.stderr)
             batch_in_epoch = 0
@@ -279,7 +289,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 n_batches += 1
                 _maybe_inject_fault(config.get("fault"), step, rank)
                 bar.update(1)
-                bar.set_postfix(loss=f"{logs['loss']:.3f}")
+                bar.set_postfix(loss=f"{logs['loss']:.3f}", refresh=False)  # drawn at most every 5 s
                 if logger is not None:
                     logger.metrics(logs, step, prefix="train/", buffer=True)
                 if tc.checkpoint_every_steps and step % tc.checkpoint_every_steps == 0 and batch_in_epoch < steps_per_epoch:

@@ -4,6 +4,7 @@ parquet frame cache, and bad inputs in both."""
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pyarrow as pa
@@ -119,8 +120,8 @@ def test_stream_strict_fails_at_bad_video(ray_session, zoo):
     assert "truncated.mp4" in str(ei.value) and "truncated video file" in str(ei.value)
 
 
-def test_prepare_cache_and_read_it(ray_session, synth, tmp_path):
-    from pipelines.data import prepare_cache, read_cache_meta, read_cache_row, video_dataset
+def test_prepare_cache_and_read_it(ray_session, synth, tmp_path, caplog):
+    from pipelines.data import prepare_cache, read_cache_meta, read_cache_row, read_cache_rows, video_dataset
 
     root, path, _ = synth
     s = prepare_cache(path, ["train", "test"], tmp_path / "cache", num_frames=K, size=S, cache_factor=3,
@@ -131,6 +132,15 @@ def test_prepare_cache_and_read_it(ray_session, synth, tmp_path):
     idx = pa.parquet.read_table(tmp_path / "cache" / "test" / "index.parquet").to_pylist()
     frames, fidx, n = read_cache_row(str(tmp_path / "cache" / "test" / idx[0]["file"]), idx[0]["row_group"])
     assert frames.shape == (3 * K, S, S, 3) and n == 24 and fidx.tolist() == sorted(fidx.tolist())
+    # several row groups of a file in one read, in the order asked (repeats included)
+    same_file = [r["row_group"] for r in idx if r["file"] == idx[0]["file"]]
+    assert len(same_file) >= 2
+    ask = [same_file[1], same_file[0], same_file[1]]
+    rows = read_cache_rows(str(tmp_path / "cache" / "test" / idx[0]["file"]), ask)
+    for rg, (f, fi, total) in zip(ask, rows):
+        f1, fi1, total1 = read_cache_row(str(tmp_path / "cache" / "test" / idx[0]["file"]), rg)
+        assert np.array_equal(f, f1) and np.array_equal(fi, fi1) and total == total1
+    assert not np.array_equal(rows[0][0], rows[1][0])
     # evaluation from the cache reads exactly the frames decoding would give
     from_cache = _collect(video_dataset(path, "test", num_frames=K, size=S, train=False, mode="videos",
                                         cache=tmp_path / "cache"), "videos")
@@ -150,6 +160,13 @@ def test_prepare_cache_and_read_it(ray_session, synth, tmp_path):
     assert not torch.equal(e1["caption_index"], e2["caption_index"])  # a new order every epoch
     with pytest.raises(ValueError, match="64px requested"):
         video_dataset(path, "test", num_frames=K, size=64, train=False, mode="videos", cache=tmp_path / "cache")
+    # a cache prepared for another K still serves (frames snapped to the nearest cached one), and says so
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipelines.data"):
+        video_dataset(path, "test", num_frames=K, size=S, train=False, mode="videos", cache=tmp_path / "cache")
+        assert not [r for r in caplog.records if "prepared for K=" in r.getMessage()]
+        video_dataset(path, "test", num_frames=K - 1, size=S, train=False, mode="videos", cache=tmp_path / "cache")
+    assert [r for r in caplog.records if f"prepared for K={K} " in r.getMessage()]
 
 
 def test_prepare_cache_skips_bad_videos_with_report(ray_session, zoo, tmp_path):
