@@ -63,26 +63,29 @@ def gather_features(out: dict[str, torch.Tensor], keys: Iterable[str] = FEATURE_
     return feats
 
 
-def shards_scoring(model: nn.Module) -> bool:
+def shards_scoring(model: nn.Module, allowed: bool = True) -> bool:
     """Whether :func:`compute_losses` scores only this rank's texts (rows of the global matrix) under DDP.
 
     Every pairwise head qualifies; heads with auxiliary losses (GLSCL, TC-MGC) keep state between scoring and those
     losses, so they score the whole global batch on every rank as before.
     """
-    return gdist.world_size() > 1 and not unwrap(model).head.aux_loss_names
+    return allowed and gdist.world_size() > 1 and not unwrap(model).head.aux_loss_names
 
 
-def compute_losses(model: nn.Module, loss_fn: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def compute_losses(model: nn.Module, loss_fn: nn.Module, batch: dict[str, torch.Tensor],
+                   shard_scores: bool = True) -> dict[str, torch.Tensor]:
     """Forward on the local batch, gather to the global batch, score and compute every loss term.
 
     With N > 1 ranks each rank scores only its own texts against every video of the global batch (a ``[B/N, B]`` row
     block, 1/N of the head's work) and the row blocks are all-gathered with autograd into the global ``[B, B]`` score
     and ``[B, B, P]`` parts. Every rank then computes the same global loss, exactly as if it had scored the whole
     matrix: the gather's backward hands each rank N times the gradient of its own rows, like the feature gathers.
+    ``shard_scores=False`` scores the whole global matrix on every rank (the same result; for comparison).
     """
     out = model(batch["tokens"], channels_first(batch["frames"]), batch.get("frame_mask"))
     core = unwrap(model)
-    if shards_scoring(model):
+    sharded = shards_scoring(model, shard_scores)
+    if sharded:
         feats = {**{k: out[k] for k in ("sentence", "words", "word_mask")},
                  **gather_features(out, ("frames", "frame_mask"))}
     else:
@@ -91,7 +94,7 @@ def compute_losses(model: nn.Module, loss_fn: nn.Module, batch: dict[str, torch.
         feats["word_mask"] = torch.ones_like(feats["word_mask"])
         feats["frame_mask"] = torch.ones_like(feats["frame_mask"])
     score, parts = core.score(**feats)
-    if shards_scoring(model):  # one gather for both: [B/N, B, 1 + P] row blocks -> [B, B, 1 + P]
+    if sharded:  # one gather for both: [B/N, B, 1 + P] row blocks -> [B, B, 1 + P]
         both = gdist.gather_with_grad(torch.cat([score.unsqueeze(-1), parts], dim=-1))
         score, parts = both[..., 0], both[..., 1:]
     losses = dict(loss_fn(score.float(), parts.float(), out["logit_scale"]))
@@ -104,12 +107,13 @@ def compute_losses(model: nn.Module, loss_fn: nn.Module, batch: dict[str, torch.
 
 def train_step(model: nn.Module, loss_fn: nn.Module, batch: dict[str, torch.Tensor],
                optimizer: torch.optim.Optimizer, scheduler=None, *, grad_clip: float = 1.0,
-               logit_scale_max: float = 100.0, device: torch.device | None = None) -> dict[str, float]:
+               logit_scale_max: float = 100.0, device: torch.device | None = None,
+               shard_scores: bool = True) -> dict[str, float]:
     """One optimiser step on the global batch; returns float logs (loss parts, grad norm, lr, logit scale)."""
     device = device or batch["frames"].device
     model.train()
     with autocast_for(device):
-        losses = compute_losses(model, loss_fn, batch)
+        losses = compute_losses(model, loss_fn, batch, shard_scores=shard_scores)
     optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
     params = [p for p in model.parameters() if p.grad is not None]

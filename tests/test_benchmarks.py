@@ -227,3 +227,24 @@ def test_compare_heads_cached_frames_step_matches_pixels(heads_bench):
     assert set(got) == set(want) and any(k.startswith("aux/") for k in got)
     for k in want:
         assert float(got[k]) == pytest.approx(float(want[k]), rel=1e-5, abs=1e-6), k
+
+
+def test_ddp_step_benchmark_runs_both_modes():
+    """benchmarks/ddp_step.py: two real gloo ranks, both scoring modes timed, a finite speed-up printed."""
+    import re
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ddp_step.py"), "--quick", "--preset", "tiny",
+                          "--batch", "8", "--frames", "4", "--words", "8"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| own texts") or
+            line.startswith("| whole global")]
+    assert len(rows) == 2, out.stdout
+    # pairs scored per rank: 4 x 8 (own texts) and 8 x 8 (whole matrix)
+    assert rows[0].split("|")[2].strip() == "32" and rows[1].split("|")[2].strip() == "64"
+    for row in rows:
+        assert float(row.split("|")[3]) > 0
+    speedup = re.search(r"speed-up of row blocks: ([0-9.]+)x", out.stdout)
+    assert speedup and math.isfinite(float(speedup.group(1))) and float(speedup.group(1)) > 0
