@@ -48,9 +48,10 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
     The backward sums each slice's gradient over ranks. Every rank computes the same global loss L, so rank r receives
     N * dL/dx_r; DDP's gradient averaging then yields exactly dL/dtheta, the gradient of one process on the
-    concatenated batch. Requires the same shape on every rank. Each call is one collective forward and one backward:
-    the backward collectives of two gathers are not ordered by the graph, and ranks may run them in different orders,
-    so gather what one loss needs in one call (see ``glccl.engine.compute_losses``).
+    concatenated batch. Requires the same shape on every rank. Each call is one collective forward and one backward.
+    The graph orders the backward of two gathers only when one feeds the other (frames -> scores); for side-by-side
+    gathers (score and parts, text and video features) ranks may run them in different orders and silently exchange
+    the wrong tensors, so gather such tensors in one call (see ``glccl.engine.compute_losses``).
     """
     if not is_dist() or world_size() == 1:
         return x

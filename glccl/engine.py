@@ -40,8 +40,9 @@ def channels_first(frames: torch.Tensor) -> torch.Tensor:
 def gather_features(out: dict[str, torch.Tensor], keys: Iterable[str] = FEATURE_KEYS) -> dict[str, torch.Tensor]:
     """All-gather the per-rank features into the global batch (features keep autograd; masks don't need it).
 
-    All float features travel in one gathered ``[b, sum of widths]`` tensor and all masks in one more, so one loss
-    never depends on two backward collectives whose order the ranks could disagree on.
+    All float features travel in one gathered ``[b, sum of widths]`` tensor and all masks in one more: separate
+    gathers of features that feed the loss side by side would leave the order of their backward collectives open,
+    and ranks that disagree on it exchange the wrong tensors (see ``glccl.distributed.gather_with_grad``).
     """
     keys = list(keys)
     if gdist.world_size() == 1:
