@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -27,15 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
     import torch.distributed as dist
 
+    from benchmarks.train_step import random_batch
     from glccl import engine
     from glccl.losses import RetrievalLoss
     from glccl.model import create_model
@@ -50,14 +44,8 @@ def _rank(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = build_optimizer(ddp, 1e-4, 1.0, 0.2)
     loss_fn = RetrievalLoss(eta=0.5)
-    b = args.batch // args.world
-    g = torch.Generator().manual_seed(rank)
-    size = model.image_size
-    tokens = torch.randint(1, 49000, (b, args.words), generator=g)
-    tokens[:, 0], tokens[:, -1] = 49406, 49407
-    batch = {"tokens": tokens, "frames": torch.randint(0, 256, (b, args.frames, 3, size, size), dtype=torch.uint8,
-                                                      generator=g),
-             "frame_mask": torch.ones(b, args.frames, dtype=torch.bool)}
+    torch.manual_seed(1 + rank)  # the same model on every rank, a different local batch
+    batch = random_batch(model, args.batch // args.world, args.frames, args.words, torch.device("cpu"))
     times: dict[str, list[float]] = {"rows": [], "full": []}
     for shard in (True, False):  # warm-up
         for _ in range(2):
@@ -95,10 +83,11 @@ def main() -> None:
     import torch.multiprocessing as mp
 
     from benchmarks._machine import cpu_model
+    from glccl.distributed import free_port
 
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "times.pt")
-        mp.start_processes(_rank, args=(args, _free_port(), out), nprocs=args.world, join=True, start_method="spawn")
+        mp.start_processes(_rank, args=(args, free_port(), out), nprocs=args.world, join=True, start_method="spawn")
         times = torch.load(out)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, gloo, "

@@ -7,6 +7,16 @@ import torch
 import torch.distributed as dist
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (bound to port 0, then released): for a process group's
+    ``MASTER_PORT`` or a local service."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -28,7 +38,7 @@ class _GatherWithGrad(torch.autograd.Function):
         world, rank = dist.get_world_size(), dist.get_rank()
         out = torch.empty((world * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
         dist.all_gather(list(out.chunk(world)), x)
-        ctx.rows, ctx.rank, ctx.world = x.shape[0], rank, world
+        ctx.rows, ctx.rank = x.shape[0], rank
         return out
 
     @staticmethod

@@ -209,14 +209,20 @@ def eval_texts(manifest, split: str, max_words: int = 32):
     return tokens, torch.as_tensor(it["row_video_index"], dtype=torch.int64), it["captions"], it["video_ids"]
 
 
-def _items(manifest, split: str, mode: str) -> pa.Table:
+def _items(manifest, split: str, mode: str, max_words: int = 32) -> pa.Table:
     it = split_items(manifest, split)
     t = it["table"]
-    if mode == "pairs":
+    if mode == "pairs":  # captions tokenised here, on the driver: map tasks never import the tokenizer (torch, open_clip)
+        from ray.data.extensions import ArrowTensorArray
+
+        from glccl.tokenizer import tokenize
+
+        tokens = tokenize(it["captions"], max_words).numpy().astype(np.int64)
         return pa.table({
             "video_path": t["video_path"], "video_id": t["video_id"],
             "video_index": pa.array(it["row_video_index"], pa.int64()),
-            "caption_index": pa.array(np.arange(t.num_rows, dtype=np.int64)), "caption": t["caption"],
+            "caption_index": pa.array(np.arange(t.num_rows, dtype=np.int64)),
+            "tokens": ArrowTensorArray.from_numpy(tokens),
         })
     if mode == "videos":
         return pa.table({"video_path": it["video_paths"], "video_id": it["video_ids"],
@@ -245,12 +251,12 @@ def _empty(num_frames: int, size: int, pairs: bool, max_words: int) -> dict[str,
 
 
 def _finish(batch, keep: list[int], frames: list, masks: list, num_frames: int, size: int, max_words: int):
-    pairs = "caption" in batch
+    pairs = "tokens" in batch
     if not keep:
         return _empty(num_frames, size, pairs, max_words)
     out = {"frames": np.stack(frames), "frame_mask": np.stack(masks),
            "video_index": np.asarray(batch["video_index"], np.int64)[keep]}
-    if pairs:  # tokenised on the driver (video_dataset), so map tasks never import the tokenizer (torch, open_clip)
+    if pairs:  # tokenised on the driver (_items)
         out["tokens"] = np.asarray(batch["tokens"], np.int64)[keep]
         out["caption_index"] = np.asarray(batch["caption_index"], np.int64)[keep]
     return out
@@ -379,14 +385,7 @@ def video_dataset(manifest, split: str, *, num_frames: int, size: int, train: bo
     """
     import ray
 
-    items = _items(manifest, split, mode)
-    if mode == "pairs":
-        from ray.data.extensions import ArrowTensorArray
-
-        from glccl.tokenizer import tokenize
-
-        tokens = tokenize(items["caption"].to_pylist(), max_words).numpy().astype(np.int64)
-        items = items.append_column("tokens", ArrowTensorArray.from_numpy(tokens))
+    items = _items(manifest, split, mode, max_words)
     shuffle = train if shuffle is None else shuffle
     total = items.num_rows
     if skip_log is None:

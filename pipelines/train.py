@@ -406,19 +406,13 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     # trial's data tasks wait forever for the CPU it holds. The cleaner finds the state API through
     # RAY_API_SERVER_ADDRESS, which every process of this Ray inherits: without it, it looks for "the" local cluster
     # and gives up when other Ray instances run on the machine ("Found multiple active Ray instances").
-    port = _free_port()
+    from glccl.distributed import free_port
+
+    port = free_port()
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
              _temp_dir=tmp, object_store_memory=2 * 1024**3, configure_logging=False)
     atexit.register(_remove_local_ray, tmp)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _remove_local_ray(tmp: str) -> None:

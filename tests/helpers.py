@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import socket
+from glccl.distributed import free_port
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (bound to port 0, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["free_port"]
