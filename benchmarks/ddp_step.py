@@ -31,7 +31,7 @@ def _rank(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
 
     from benchmarks.train_step import random_batch
     from glccl import engine
-    from glccl.losses import RetrievalLoss
+    from glccl.losses import build_loss
     from glccl.model import create_model
     from glccl.optim import build_optimizer
 
@@ -43,7 +43,7 @@ def _rank(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
                          freeze_token_embedding=True)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = build_optimizer(ddp, 1e-4, 1.0, 0.2)
-    loss_fn = RetrievalLoss(eta=0.5)
+    loss_fn = build_loss(model.head)
     torch.manual_seed(1 + rank)  # the same model on every rank, a different local batch
     batch = random_batch(model, args.batch // args.world, args.frames, args.words, torch.device("cpu"))
     times: dict[str, list[float]] = {"rows": [], "full": []}

@@ -80,28 +80,13 @@ def all_methods() -> list[str]:
     return list(CORE_METHODS) + [h for h in list_heads() if h not in CORE_METHODS]
 
 
-def meanp_flops(Bt: int, Bv: int, Nw: int, K: int, D: int) -> int:
-    """Masked mean (``Bv K D`` adds), two normalisations and the ``Bt x Bv`` cosine GEMM."""
-    return 2 * Bt * Bv * D + Bv * K * D + 3 * (Bt + Bv) * D
-
-
 def method_flops(method: str, n_t: int, n_v: int, K: int, Nw: int, D: int) -> int:
-    from glccl.heads import build_head, glccl_flops, naive_glccl_flops
+    """FLOPs of a method at these shapes: every head declares ``flops``; the naive GLCCL form has its own count."""
+    from glccl.heads import get_head_class, naive_glccl_flops
 
-    if method == "glccl":
-        return glccl_flops(n_t, n_v, Nw, K, D)["total"]
     if method == "glccl_naive":
         return naive_glccl_flops(n_t, n_v, Nw, K, D)["total"]
-    if method == "meanp":
-        return meanp_flops(n_t, n_v, Nw, K, D)
-    from glccl.heads.base import _HEADS
-
-    fn = getattr(_HEADS[method], "flops", None) if method in _HEADS else None
-    if fn is None:
-        fn = getattr(build_head(method, num_words=Nw, num_frames=K, dim=D), "flops", None)
-    if fn is None:
-        raise ValueError(f"head {method!r} has no flops function")
-    return int(fn(n_t, n_v, Nw, K, D))
+    return int(get_head_class(method).flops(n_t, n_v, Nw, K, D))
 
 
 def _status_kb(field: str) -> int:

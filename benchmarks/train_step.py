@@ -21,7 +21,7 @@ import time
 import torch
 
 from glccl import engine
-from glccl.losses import RetrievalLoss
+from glccl.losses import build_loss
 from glccl.model import create_model
 from glccl.optim import build_optimizer
 
@@ -40,7 +40,7 @@ def time_steps(preset: str, batch: int, steps: int, device: torch.device, head: 
     torch.manual_seed(0)
     model = create_model(preset, head=head, num_frames=frames, max_words=words).to(device)
     opt = build_optimizer(model, lr=1e-4, coef_lr=1e-3, weight_decay=0.2)
-    loss_fn = RetrievalLoss(eta=0.5)
+    loss_fn = build_loss(model.head)
     b = random_batch(model, batch, frames, words, device)
     times = []
     for i in range(steps + 2):  # 2 warm-up steps
@@ -71,7 +71,7 @@ def data_fed(batch: int, steps: int, root: str) -> dict[str, float]:
     ds = pdata.video_dataset(manifest, "train", num_frames=12, size=model.image_size, train=True, max_words=32,
                              mode="pairs")
     opt = build_optimizer(model, lr=1e-4, coef_lr=1e-3, weight_decay=0.2)
-    loss_fn = RetrievalLoss(eta=0.5)
+    loss_fn = build_loss(model.head)
     it = iter(ds.iter_torch_batches(batch_size=batch, drop_last=True, dtypes=pdata.torch_dtypes("pairs")))
     next(it)  # pipeline start-up is not part of the steady state
     wait = 0.0

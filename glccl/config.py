@@ -41,19 +41,21 @@ class ModelConfig:
     (``openai``, ``hf-hub:...``) which is the only thing that ever touches the network. None: random init."""
     head: str = "glccl"
     """Similarity head, see ``glccl heads``."""
+    head_args: dict[str, Any] = field(default_factory=dict)
+    """The head's hyperparameters by name (``glccl heads`` lists them with their defaults, the released code's values),
+    e.g. ``{temperature: 3.0}`` for GLCCL's GLIM or ``{glim: mean}`` for GLIM without text guidance."""
     num_frames: int = 12
     """K: frames sampled per video."""
     max_words: int = 32
     """Nw: text tokens per caption (SOT + BPE + EOT, zero padded)."""
     temporal_layers: int = 4
     """Layers of the temporal transformer (seqTransf); 0 disables it."""
-    glim_temperature: float = 5.0
-    """GLIM softmax temperature (hard-coded 5 in the released code)."""
     grad_checkpointing: bool = False
     sim_chunk: int = 64
     """Videos per chunk in the similarity stage: bounds peak memory of scoring."""
     mask_padding: bool = True
-    """Mask padded words and frames in the head (False reproduces the released code)."""
+    """Mask padded words and frames in the head. False: every head treats padding exactly as its release does (the
+    README's table of released settings)."""
     logit_scale_init: float | None = None
     """Initial similarity scale λ (not its log); None keeps CLIP's (1/0.07 at random init, the weights' value when
     pretrained). A from-scratch model learns faster starting sharper (the demo uses 30)."""
@@ -65,7 +67,13 @@ class ModelConfig:
         _check(self.num_frames >= 1, f"{prefix}.num_frames", f"must be >= 1, got {self.num_frames}")
         _check(self.max_words >= 3, f"{prefix}.max_words", f"must be >= 3 (SOT, a token, EOT), got {self.max_words}")
         _check(self.temporal_layers >= 0, f"{prefix}.temporal_layers", "must be >= 0")
-        _check(self.glim_temperature > 0, f"{prefix}.glim_temperature", "must be > 0")
+        from glccl.heads import check_head_args, list_heads  # torch: only where a config is validated
+
+        _check(self.head in list_heads(), f"{prefix}.head",
+               f"unknown head {self.head!r} (known: {', '.join(list_heads())})")
+        problem = check_head_args(self.head, self.head_args)
+        _check(problem is None, f"{prefix}.head_args.{(problem or '').split(':')[0]}",
+               (problem or "").partition(": ")[2])
         _check(self.sim_chunk >= 1, f"{prefix}.sim_chunk", "must be >= 1")
         _check(self.logit_scale_init is None or self.logit_scale_init > 0, f"{prefix}.logit_scale_init",
                f"must be > 0 (the scale itself, not its log), got {self.logit_scale_init}")
@@ -73,10 +81,15 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
+    csc: bool | None = None
+    """GLCCL's CSC term. None: the head's own loss (CSC for GLCCL only; ``glccl heads`` shows each recipe). true adds
+    CSC to another multi-part head (an ablation), false removes it from GLCCL."""
     eta: float = 0.5
     """Weight of the CSC loss: total = InfoNCE + eta * CSC (README value 0.5; code default 0.1)."""
     logit_scale_max: float = 100.0
-    """Clamp of exp(logit_scale)."""
+    """Bound on exp(logit_scale), applied to the parameter after every optimiser step (as the release does)."""
+    clamp_in_loss: bool = False
+    """Also clamp exp(logit_scale) inside the loss: the logit scale then gets zero gradient at the bound."""
 
     def validate(self, prefix: str = "loss") -> None:
         _check(self.eta >= 0, f"{prefix}.eta", f"must be >= 0, got {self.eta}")
@@ -172,6 +185,12 @@ class RunConfig:
 
     def validate(self, prefix: str = "") -> None:
         _check(bool(self.name) and "/" not in self.name, "name", f"must be a non-empty name without '/', got {self.name!r}")
+        if self.loss.csc:
+            from glccl.heads import get_head_class
+
+            parts = get_head_class(self.model.head).part_names
+            _check(len(parts) >= 2, "loss.csc", f"CSC compares two or more score parts; head {self.model.head!r} has "
+                   f"one ({parts[0]})")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -184,6 +203,8 @@ class RunConfig:
 def to_dict(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
     if isinstance(obj, tuple):
         return list(obj)
     return obj
@@ -216,6 +237,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"config key '{key}': bad value {value!r}")
+    if origin is dict:
+        _check(isinstance(value, dict) and all(isinstance(k, str) for k in value), key,
+               f"expected a mapping of names to values, got {value!r}")
+        return dict(value)
     if origin is tuple:
         args = get_args(tp)
         _check(isinstance(value, (list, tuple)) and len(value) == len(args), key,

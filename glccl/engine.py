@@ -77,6 +77,9 @@ def compute_losses(model: nn.Module, loss_fn: nn.Module, batch: dict[str, torch.
                    shard_scores: bool = True) -> dict[str, torch.Tensor]:
     """Forward on the local batch, gather to the global batch, score and compute every loss term.
 
+    ``loss_fn`` is a :class:`glccl.losses.RetrievalLoss` (InfoNCE, and CSC when on); the head's own terms
+    (``head.aux_losses``) are added to it, each logged as ``aux/<name>``.
+
     With N > 1 ranks each rank scores only its own texts against every video of the global batch (a ``[B/N, B]`` row
     block, 1/N of the head's work) and the row blocks are all-gathered with autograd into the global ``[B, B]`` score
     and ``[B, B, P]`` parts. Every rank then computes the same global loss, exactly as if it had scored the whole
@@ -91,15 +94,12 @@ def compute_losses(model: nn.Module, loss_fn: nn.Module, batch: dict[str, torch.
                  **gather_features(out, ("frames", "frame_mask"))}
     else:
         feats = gather_features(out)
-    if not getattr(core, "mask_padding", True):  # the released code's behaviour: padding takes part everywhere
-        feats["word_mask"] = torch.ones_like(feats["word_mask"])
-        feats["frame_mask"] = torch.ones_like(feats["frame_mask"])
     score, parts = core.score(**feats)
     if sharded:  # one gather for both: [B/N, B, 1 + P] row blocks -> [B, B, 1 + P]
         both = gdist.gather_with_grad(torch.cat([score.unsqueeze(-1), parts], dim=-1))
         score, parts = both[..., 0], both[..., 1:]
     losses = dict(loss_fn(score.float(), parts.float(), out["logit_scale"]))
-    aux = core.head.aux_losses(**feats) if core.head.aux_loss_names else {}
+    aux = core.head.aux_losses(**feats, scale=loss_fn.scale(out["logit_scale"])) if core.head.aux_loss_names else {}
     for name, value in aux.items():
         losses[f"aux/{name}"] = value
         losses["loss"] = losses["loss"] + value

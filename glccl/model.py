@@ -23,7 +23,7 @@ __all__ = ["GLCCL", "create_model", "create_model_from_config", "list_presets", 
 
 
 class GLCCL(nn.Module):
-    """Text-video retrieval model (METHOD §1): CLIP text/frame features, seqTransf temporal encoder, a score head.
+    """Text-video retrieval model: CLIP text/frame features, seqTransf temporal encoder, a similarity head.
 
     Build it with :func:`create_model`. Attributes: ``clip`` (open_clip ``CLIP``), ``temporal``, ``head``,
     ``logit_scale`` (CLIP's, ln of the scale; OpenAI weights store ln 100), ``embed_dim``, ``image_size``,
@@ -99,12 +99,8 @@ class GLCCL(nn.Module):
               frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Head scores for every text x video pair: score ``[Bt, Bv]``, parts ``[Bt, Bv, P]``.
 
-        With ``mask_padding=False`` the head sees all-true masks, which reproduces the released code (padding words and
-        frames take part).
+        The masks are the real ones; the head treats padding by its ``mask_padding`` (False: as its release does).
         """
-        if not self.mask_padding:
-            word_mask = torch.ones_like(word_mask, dtype=torch.bool)
-            frame_mask = torch.ones_like(frame_mask, dtype=torch.bool)
         return self.head(sentence, words, word_mask, frames, frame_mask)
 
     # -- optimisation helpers -------------------------------------------------------------------------------------------
@@ -124,9 +120,9 @@ class GLCCL(nn.Module):
 
 
 def create_model(preset: str = "tiny", pretrained: str | None = None, head: str = "glccl", num_frames: int = 12,
-                 max_words: int = 32, temporal_layers: int = 4, glim_temperature: float = 5.0,
-                 grad_checkpointing: bool = False, mask_padding: bool = True, logit_scale_init: float | None = None,
-                 freeze_token_embedding: bool = False, **head_kwargs) -> GLCCL:
+                 max_words: int = 32, temporal_layers: int = 4, grad_checkpointing: bool = False,
+                 mask_padding: bool = True, logit_scale_init: float | None = None, freeze_token_embedding: bool = False,
+                 head_args: dict | None = None) -> GLCCL:
     """Build a :class:`GLCCL`.
 
     Args:
@@ -136,15 +132,14 @@ def create_model(preset: str = "tiny", pretrained: str | None = None, head: str 
         num_frames: K, frames per video.
         max_words: Nw, tokens per caption.
         temporal_layers: seqTransf depth (0: none). Initialised from the CLIP text transformer (after loading weights).
-        glim_temperature: GLIM softmax temperature.
         grad_checkpointing: recompute CLIP and temporal blocks in backward.
-        mask_padding: mask padded words/frames in the head (False reproduces the released code).
+        mask_padding: the head masks padded words/frames (False: it treats padding as its release does).
         logit_scale_init: initial similarity scale λ (after loading weights); None keeps CLIP's.
         freeze_token_embedding: keep CLIP's token embedding fixed (``requires_grad=False``).
-        **head_kwargs: passed on to the head.
+        head_args: the head's hyperparameters (``head.hyperparameters()``), e.g. ``{"temperature": 3.0}``.
 
     Raises:
-        ValueError: unknown preset/head, inconsistent sizes; ``WeightsError`` for unusable weights.
+        ValueError: unknown preset/head/hyperparameter, inconsistent sizes; ``WeightsError`` for unusable weights.
     """
     p = clip_enc.get_preset(preset)
     clip = clip_enc.build_clip(preset)
@@ -155,9 +150,9 @@ def create_model(preset: str = "tiny", pretrained: str | None = None, head: str 
     from glccl.heads import build_head  # lazy: the heads package is independent of the encoders
 
     dim = clip_enc.embed_dim(clip)
-    head_module = build_head(head, num_words=max_words, num_frames=num_frames, dim=dim, temperature=glim_temperature,
-                             **head_kwargs)
-    if not getattr(head_module, "uses_temporal", True):
+    head_module = build_head(head, num_words=max_words, num_frames=num_frames, dim=dim, mask_padding=mask_padding,
+                             **(head_args or {}))
+    if not head_module.uses_temporal:
         temporal_layers = 0  # e.g. meanp: CLIP4Clip mean pooling of the CLIP frame features
     temporal = TemporalTransformer.from_clip(clip, layers=temporal_layers, max_positions=max(77, num_frames))
     model = GLCCL(clip, temporal, head_module, preset=preset, max_words=max_words, num_frames=num_frames,
@@ -178,6 +173,6 @@ def create_model_from_config(cfg) -> GLCCL:
     """Build from a :class:`glccl.config.ModelConfig` (``sim_chunk`` is a scoring setting, not a model one)."""
     return create_model(preset=cfg.preset, pretrained=cfg.pretrained, head=cfg.head, num_frames=cfg.num_frames,
                         max_words=cfg.max_words, temporal_layers=cfg.temporal_layers,
-                        glim_temperature=cfg.glim_temperature, grad_checkpointing=cfg.grad_checkpointing,
-                        mask_padding=cfg.mask_padding, logit_scale_init=cfg.logit_scale_init,
-                        freeze_token_embedding=cfg.freeze_token_embedding)
+                        grad_checkpointing=cfg.grad_checkpointing, mask_padding=cfg.mask_padding,
+                        logit_scale_init=cfg.logit_scale_init, freeze_token_embedding=cfg.freeze_token_embedding,
+                        head_args=dict(cfg.head_args))

@@ -8,8 +8,9 @@ masked mean of its frames, ``[Nv, D]``). A query is then answered in two stages:
    sentence feature with the first-stage vectors (one ``[Nq, D] x [D, Nv]`` product, MeanP/CLIP4Clip-style);
    ``stage1="glim"`` is GLCCL's global GLIM score ``cos(s, sum_k softmax_k(s.f_k / tau) f_k)`` (``K`` times the work,
    still no per-pair ``D`` vector: the pooled norm comes from the frame Gram matrix);
-2. **re-rank**: the model's full head (e.g. GLCCL) on the ``shortlist`` best videos only, top ``k`` returned. A head
-   with ``score_pairs`` (GLCCL) scores many queries' shortlists in one call; other heads are called once per query.
+2. **re-rank**: the model's full head (e.g. GLCCL) on the ``shortlist`` best videos only, top ``k`` returned, through
+   the head's ``score_pairs`` (GLCCL's scores many queries' shortlists in one call; the base fallback calls the head
+   once per query).
 
 ``exhaustive=True`` scores every video with the head instead (the reference ranking). With ``shortlist >= Nv`` the
 two-stage result is the exhaustive one (stage 2 then scores every video; scores equal up to float rounding). Scores
@@ -50,10 +51,11 @@ def _unit(x: Tensor) -> Tensor:
 
 
 def first_stage_vectors(frames: Tensor, frame_mask: Tensor) -> Tensor:
-    """L2-normalised masked mean of each video's frames ``[Nv, D]`` (a video without valid frames gives 0)."""
-    m = frame_mask.bool()
-    mean = frames.masked_fill(~m[..., None], 0.0).sum(1) / m.sum(1, keepdim=True).clamp_min(1).to(frames.dtype)
-    return _unit(mean)
+    """CLIP4Clip's video vector ``[Nv, D]``: the L2-normalised masked mean of the L2-normalised frames (a video
+    without valid frames gives 0)."""
+    from glccl.heads.meanp import masked_mean, unit
+
+    return unit(masked_mean(unit(frames), frame_mask.bool()))
 
 
 def encoder_fingerprint(model) -> str:
@@ -225,6 +227,8 @@ def stage1_scores(sentence: Tensor, gallery: Gallery, stage1: str = "meanp", tem
         return _unit(sentence) @ gallery.first_stage.to(sentence.dtype).T
     if stage1 != "glim":
         raise ValueError(f"stage1 must be one of {STAGE1}, got {stage1!r}")
+    from glccl.glim import glim_weights
+
     s_unit = _unit(sentence)
     cols = []
     for j in range(0, len(gallery), video_chunk):
@@ -232,9 +236,7 @@ def stage1_scores(sentence: Tensor, gallery: Gallery, stage1: str = "meanp", tem
         fm = gallery.frame_mask[j:j + video_chunk]
         f = f.masked_fill(~fm[..., None], 0.0)
         c, k, d = f.shape
-        logits = (sentence @ f.reshape(c * k, d).T).view(-1, c, k)  # s.f: [Nq, c, K]
-        keep = fm | ~fm.any(-1, keepdim=True)
-        alpha = torch.softmax((logits / temperature).masked_fill(~keep[None], float("-inf")), dim=-1)
+        alpha = glim_weights(sentence[:, None], f, fm, temperature)[:, :, 0]  # [Nq, c, K]
         gram = f @ f.transpose(1, 2)  # [c, K, K]
         nsq = torch.einsum("qck,ckl,qcl->qc", alpha, gram, alpha)
         sv = (alpha * (s_unit @ f.reshape(c * k, d).T).view(-1, c, k)).sum(-1)  # s_hat . v
@@ -321,20 +323,9 @@ def search_features(score_fn: ScoreFn, text: dict[str, Tensor], gallery: Gallery
     return rerank(score_fn, text, gallery, cand, k, pair_fn=pair_fn)
 
 
-def model_score_fns(model) -> tuple[ScoreFn, PairFn | None]:
-    """``(score_fn, pair_fn)`` of a :class:`glccl.model.GLCCL`: ``model.score`` and, when the head has one, its
-    per-text-videos scorer ``score_pairs``; both honour ``model.mask_padding`` like ``model.score``."""
-    pairs = getattr(model.head, "score_pairs", None)
-    if pairs is None:
-        return model.score, None
-
-    def pair_fn(sentence, words, word_mask, frames, frame_mask, index):
-        if not getattr(model, "mask_padding", True):
-            word_mask = torch.ones_like(word_mask, dtype=torch.bool)
-            frame_mask = torch.ones_like(frame_mask, dtype=torch.bool)
-        return pairs(sentence, words, word_mask, frames, frame_mask, index)
-
-    return model.score, pair_fn
+def model_score_fns(model) -> tuple[ScoreFn, PairFn]:
+    """``(score_fn, pair_fn)`` of a :class:`glccl.model.GLCCL`: ``model.score`` and its head's ``score_pairs``."""
+    return model.score, model.head.score_pairs
 
 
 def shortlist_recall(shortlists: Tensor, reference_topk: Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[int, float]:
@@ -365,7 +356,7 @@ def search(model, gallery: Gallery, queries: str | Sequence[str], k: int = 10, s
     """Text queries -> for each, the top-``k`` ``(video_id, score)`` pairs, best first.
 
     Stage 1 shortlists ``shortlist`` videos by the cheap score, stage 2 scores them with ``model.score`` (the model's
-    head, honouring ``model.mask_padding``); ``exhaustive=True`` scores every video with the head.
+    head); ``exhaustive=True`` scores every video with the head.
     """
     from glccl import engine
 
@@ -377,7 +368,8 @@ def search(model, gallery: Gallery, queries: str | Sequence[str], k: int = 10, s
     text = engine.encode_texts(model, model.tokenize(queries), device=device)
     text = {key: v.to(device) for key, v in text.items()}
     g = gallery.to(device) if gallery.frames.device != device else gallery
-    temperature = float(getattr(model.head, "temperature", None) or 5.0)
+    # the GLIM stage 1 uses the head's own GLIM temperature where it has one (GLCCL, GLSCL), else the released 5
+    temperature = float(model.head.temperature) if "temperature" in model.head.hyperparameters() else 5.0
     score_fn, pair_fn = model_score_fns(model)
     scores, idx = search_features(score_fn, text, g, k=k, shortlist=shortlist, exhaustive=exhaustive,
                                   stage1=stage1, temperature=temperature, pair_fn=pair_fn)

@@ -1,8 +1,25 @@
-"""``glccl heads``: list the similarity heads with their parameter count and auxiliary losses."""
+"""``glccl heads``: every similarity head with its score parts, its default training loss, its parameter count and its
+hyperparameters (``model.head_args``) with their defaults, the released code's values."""
 
 from __future__ import annotations
 
 import argparse
+
+
+def describe(name: str, dim: int, num_words: int, num_frames: int) -> list[str]:
+    """Lines describing head ``name`` built at these sizes."""
+    from glccl.heads import build_head, get_head_class
+    from glccl.losses import build_loss, loss_recipe
+
+    cls = get_head_class(name)
+    head = build_head(name, num_words=num_words, num_frames=num_frames, dim=dim)
+    n = sum(p.numel() for p in head.parameters())
+    hps = ", ".join(f"{h.name}={h.default!r}" for h in cls.hyperparameters().values()) or "-"
+    return [f"{name}  ({cls.release})",
+            f"    parts:           {', '.join(cls.part_names)}",
+            f"    default loss:    {loss_recipe(cls, build_loss(cls))}",
+            f"    parameters:      {n:,}" + ("" if cls.uses_temporal else "  (no temporal encoder)"),
+            f"    hyperparameters: {hps}"]
 
 
 def main(argv: list[str]) -> int:
@@ -11,12 +28,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--num-words", type=int, default=32)
     p.add_argument("--num-frames", type=int, default=12)
     args = p.parse_args(argv)
-    from glccl.heads import build_head, list_heads
+    from glccl.heads import list_heads
 
-    print(f"{'head':<10} {'params':>10}  {'parts':>5}  aux losses   (D={args.dim}, Nw={args.num_words}, K={args.num_frames})")
+    print(f"similarity heads (D={args.dim}, Nw={args.num_words}, K={args.num_frames}); set hyperparameters with "
+          "model.head_args.<name>=<value>, the loss with loss.csc / loss.eta")
     for name in list_heads():
-        head = build_head(name, num_words=args.num_words, num_frames=args.num_frames, dim=args.dim)
-        n = sum(p.numel() for p in head.parameters())
-        aux = ", ".join(getattr(head, "aux_loss_names", ())) or "-"
-        print(f"{name:<10} {n:>10,}  {head.num_parts:>5}  {aux}")
+        print("\n".join(describe(name, args.dim, args.num_words, args.num_frames)))
     return 0

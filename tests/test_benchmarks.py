@@ -210,7 +210,7 @@ def test_compare_heads_cached_frames_step_matches_pixels(heads_bench):
     import torch
 
     from glccl import engine
-    from glccl.losses import RetrievalLoss
+    from glccl.losses import build_loss
     from glccl.model import create_model
 
     torch.manual_seed(0)
@@ -218,7 +218,7 @@ def test_compare_heads_cached_frames_step_matches_pixels(heads_bench):
     frames = torch.randint(0, 256, (2, 3, model.image_size, model.image_size, 3), dtype=torch.uint8)
     mask = torch.tensor([[True, True, True], [True, True, False]])
     tokens = model.tokenize(["a red circle", "a blue square moves"])
-    loss_fn = RetrievalLoss(eta=0.5)
+    loss_fn = build_loss(model.head)
     with torch.no_grad():
         want = engine.compute_losses(model, loss_fn, {"tokens": tokens, "frames": frames, "frame_mask": mask})
         feats = model.encode_frames(engine.channels_first(frames), mask)

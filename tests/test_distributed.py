@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from glccl import engine
-from glccl.losses import RetrievalLoss
+from glccl.losses import build_loss
 from glccl.model import create_model
 from tests.helpers import free_port
 
@@ -23,12 +23,15 @@ K, NW = 4, 8
 HEAD_KWARGS = {"tcmgc": {"dropout": 0.0}}  # deterministic, so one process and N workers can be compared exactly
 
 
+SEED = 3141  # fixed: a failure reproduces
+
 def _model(head: str):
     """In float64: the workers sum in a different order than one process (row blocks, gathers), and in float32 that
     alone moves a gradient element by up to ~1e-5 of the tensor's largest one, as much as the float32 reference is
     off from the exact value. In float64 both sides agree to far below the tolerances, so these check the maths."""
     torch.manual_seed(0)
-    model = create_model("tiny", head=head, num_frames=K, max_words=NW, temporal_layers=1, **HEAD_KWARGS.get(head, {}))
+    model = create_model("tiny", head=head, num_frames=K, max_words=NW, temporal_layers=1,
+                         head_args=HEAD_KWARGS.get(head, {}))
     return model.double()
 
 
@@ -65,7 +68,7 @@ def _worker(rank: int, port: int, head: str, seed: int, out_dir: str) -> None:
         batch = _batch(seed)
         per = B // WORLD
         local = {k: v[rank * per:(rank + 1) * per] for k, v in batch.items()}
-        losses = engine.compute_losses(model, RetrievalLoss(eta=0.5), local)
+        losses = engine.compute_losses(model, build_loss(core.head), local)
         losses["loss"].backward()
         torch.save({"losses": {k: float(v) for k, v in losses.items()}, "grads": _grads(model), "seen": seen},
                    os.path.join(out_dir, f"rank{rank}.pt"))
@@ -78,11 +81,11 @@ def _worker(rank: int, port: int, head: str, seed: int, out_dir: str) -> None:
 # every rank scores the whole global batch from gathered text and video features
 @pytest.mark.parametrize("head", ["glccl", "meanp", "tcmgc"])
 def test_two_workers_match_one_process(head, tmp_path):
-    seed = int.from_bytes(os.urandom(4), "little")
+    seed = SEED
     mp.start_processes(_worker, args=(free_port(), head, seed, str(tmp_path)), nprocs=WORLD, join=True,
                        start_method="spawn")
     single = _model(head)
-    losses = engine.compute_losses(single, RetrievalLoss(eta=0.5), _batch(seed))
+    losses = engine.compute_losses(single, build_loss(single.head), _batch(seed))
     losses["loss"].backward()
     ref = _grads(single)
     assert ref, "no gradients in the single-process reference"

@@ -1,12 +1,11 @@
 """GLCCL head: fast exact form vs the naive (released-code) form, a per-pair loop, masking, parameters; MeanP; registry.
 
-Random inputs are fresh on every run; the seed is printed in every failure message.
+Random inputs come from a fixed seed, printed in every failure message.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
@@ -23,12 +22,14 @@ from glccl.heads import (
     naive_glccl_flops,
 )
 
+SEED = 1234  # fixed: a failure reproduces
+
 AOSM = ("word_logit_weight", "word_frame_logit_weight", "word_mat_weight", "word_frame_mat_weight",
         "word_mat_weight2", "word_frame_mat_weight2")
 
 
 def _rng() -> tuple[int, torch.Generator]:
-    seed = int.from_bytes(os.urandom(4), "little")
+    seed = SEED
     return seed, torch.Generator().manual_seed(seed)
 
 
@@ -286,13 +287,15 @@ def test_registry_and_build_head():
     assert {"glccl", "meanp"} <= set(list_heads())
     h = build_head("glccl", num_words=6, num_frames=4, dim=8, temperature=3.0, chunk_size=5)
     assert isinstance(h, GLCCLHead) and h.temperature == 3.0 and h.chunk_size == 5
-    m = build_head("meanp", num_words=6, num_frames=4, dim=8, temperature=5.0, chunk_size=64)
+    m = build_head("meanp", num_words=6, num_frames=4, dim=8)
     assert isinstance(m, MeanPHead) and isinstance(m, SimilarityHead)
     with pytest.raises(ValueError, match="glccl"):
         build_head("nope", num_words=6, num_frames=4, dim=8)
-    with pytest.raises(TypeError, match="bogus"):
+    with pytest.raises(ValueError, match="bogus"):
         build_head("glccl", num_words=6, num_frames=4, dim=8, bogus=1)
-    assert h.aux_losses(None, None, None, None, None) == {}
+    with pytest.raises(ValueError, match="temperature"):  # MeanP has no GLIM temperature
+        build_head("meanp", num_words=6, num_frames=4, dim=8, temperature=5.0)
+    assert h.aux_losses(None, None, None, None, None, scale=None) == {}
 
 
 def test_meanp():
@@ -307,7 +310,8 @@ def test_meanp():
         if not fm[j].any():
             assert (score[:, j] == 0).all()
             continue
-        v = f[j][fm[j]].mean(0)
+        fj = f[j][fm[j]]
+        v = (fj / fj.norm(dim=-1, keepdim=True)).mean(0)  # CLIP4Clip: the mean of the normalised frames
         ref = torch.nn.functional.cosine_similarity(s, v[None], dim=-1)
         _close(score[:, j], ref, seed, 1e-12)
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
-from glccl.losses import RetrievalLoss, csc_loss, info_nce
+from glccl.heads import get_head_class
+from glccl.losses import RetrievalLoss, build_loss, csc_loss, info_nce, loss_recipe
 
+SEED = 4321  # fixed: a failure reproduces
 
 def _rng():
-    seed = int.from_bytes(os.urandom(4), "little")
+    seed = SEED
     return seed, torch.Generator().manual_seed(seed)
 
 
@@ -65,7 +66,7 @@ def test_csc_input_checks():
         csc_loss(torch.zeros(1, 1, 4))
 
 
-def test_retrieval_loss_combines_and_clamps():
+def test_retrieval_loss_combines_terms_and_clamps_only_when_asked():
     seed, g = _rng()
     score = torch.randn(5, 5, generator=g)
     parts = torch.randn(5, 5, 4, generator=g)
@@ -73,13 +74,49 @@ def test_retrieval_loss_combines_and_clamps():
     torch.testing.assert_close(out["nce"], info_nce(20.0 * score))
     torch.testing.assert_close(out["csc"], csc_loss(parts))
     torch.testing.assert_close(out["loss"], out["nce"] + 0.5 * out["csc"])
-    clamped = RetrievalLoss(eta=0.5, logit_scale_max=100.0)(score, parts, torch.tensor(math.log(1000.0)))
+    # the release clamps the parameter after the step, not inside the loss: lambda = 1000 is used as it is
+    unclamped = RetrievalLoss(eta=0.5, logit_scale_max=100.0)(score, parts, torch.tensor(math.log(1000.0)))
+    torch.testing.assert_close(unclamped["nce"], info_nce(1000.0 * score))
+    clamped = RetrievalLoss(eta=0.5, logit_scale_max=100.0, clamp_in_loss=True)(score, parts,
+                                                                               torch.tensor(math.log(1000.0)))
     torch.testing.assert_close(clamped["nce"], info_nce(100.0 * score))
-    # P = 1 (MeanP) or eta = 0: CSC is 0 and the loss is InfoNCE alone.
-    for loss_fn, p in ((RetrievalLoss(eta=0.5), parts[..., :1]), (RetrievalLoss(eta=0.0), parts)):
-        o = loss_fn(score, p, torch.tensor(0.0))
-        assert o["csc"].item() == 0.0
-        torch.testing.assert_close(o["loss"], o["nce"])
+    # without CSC the loss is InfoNCE alone and no csc term is reported
+    o = RetrievalLoss(eta=0.5, csc=False)(score, parts, torch.tensor(0.0))
+    assert "csc" not in o and RetrievalLoss(csc=False).terms == ("infonce",)
+    torch.testing.assert_close(o["loss"], o["nce"])
+    with pytest.raises(ValueError, match="two or more"):
+        RetrievalLoss(csc=True)(score, parts[..., :1], torch.tensor(0.0))
+
+
+def test_logit_scale_gradient_at_the_bound():
+    seed, g = _rng()
+    score = torch.randn(6, 6, generator=g)
+    parts = torch.randn(6, 6, 4, generator=g)
+    grads = {}
+    for clamp in (False, True):
+        ls = torch.tensor(math.log(100.0), requires_grad=True)  # exactly at the bound
+        RetrievalLoss(clamp_in_loss=clamp)(score * 1.01, parts, ls * 1.0 + 1e-9)["loss"].backward()
+        grads[clamp] = float(ls.grad)
+    assert grads[False] != 0.0, f"seed={seed}: the default must keep the logit-scale gradient at the bound"
+    assert grads[True] == 0.0, f"seed={seed}: the in-loss clamp zeroes it"
+
+
+@pytest.mark.parametrize("head,terms", [
+    ("glccl", ("infonce", "csc")), ("xclip", ("infonce",)), ("xpool", ("infonce",)), ("meanp", ("infonce",)),
+    ("seqtransf", ("infonce",)), ("glscl", ("infonce", "icl", "idl")), ("tcmgc", ("infonce", "sdr"))])
+def test_each_head_trains_with_its_authors_loss(head, terms):
+    cls = get_head_class(head)
+    assert cls.loss_terms() == terms
+    loss = build_loss(cls)
+    assert loss.csc == ("csc" in terms)
+    assert loss_recipe(cls, loss) == " + ".join(t if t != "csc" else "0.5*csc" for t in terms)
+
+
+def test_csc_as_an_explicit_ablation():
+    assert build_loss(get_head_class("xclip"), csc=True).csc  # CSC on X-CLIP's four parts
+    assert not build_loss(get_head_class("glccl"), csc=False).csc  # GLCCL without CSC
+    with pytest.raises(ValueError, match="two or more score parts"):
+        build_loss(get_head_class("xpool"), csc=True)
 
 
 def test_gradients_finite():

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
 
 from glccl.metrics import recall_at_k_curve, retrieval_metrics, retrieval_ranks
 
+SEED = 2718  # fixed: a failure reproduces
 
 def _rng():
-    seed = int.from_bytes(os.urandom(4), "little")
+    seed = SEED
     return seed, np.random.default_rng(seed)
 
 

@@ -108,11 +108,14 @@ def test_mask_padding_flag(mask_padding):
     wm = torch.tensor([[1, 1, 1, 0, 0, 0, 0, 0]], dtype=torch.bool)
     fm = torch.tensor([[1, 1, 0, 0]], dtype=torch.bool)
     m.score(torch.randn(1, 128), torch.randn(1, 8, 128), wm, torch.randn(1, 4, 128), fm)
-    seen_w, seen_f = head.seen
-    if mask_padding:
-        assert torch.equal(seen_w, wm) and torch.equal(seen_f, fm)
-    else:
-        assert seen_w.all() and seen_f.all() and seen_w.shape == wm.shape and seen_f.shape == fm.shape
+    seen_w, seen_f = head.seen  # the model passes the real masks; the head decides how padding counts
+    assert torch.equal(seen_w, wm) and torch.equal(seen_f, fm)
+
+
+@pytest.mark.parametrize("mask_padding", [True, False])
+def test_mask_padding_reaches_the_head(mask_padding):
+    m = create_model("tiny", head="xclip", num_frames=4, max_words=8, temporal_layers=1, mask_padding=mask_padding)
+    assert m.mask_padding is mask_padding and m.head.mask_padding is mask_padding
 
 
 def test_parameter_groups_partition(model):
@@ -242,7 +245,7 @@ def test_freeze_token_embedding_keeps_it_out_of_training():
     """model.freeze_token_embedding: the embedding gets no gradient and no optimiser update; the rest still trains."""
     from glccl import engine
     from glccl.config import load_config
-    from glccl.losses import RetrievalLoss
+    from glccl.losses import build_loss
     from glccl.optim import build_optimizer
 
     cfg = load_config({"model": {"preset": "tiny", "head": "glccl", "num_frames": 3, "max_words": 8,
@@ -256,6 +259,6 @@ def test_freeze_token_embedding_keeps_it_out_of_training():
     before, pos_before = emb.detach().clone(), model.clip.positional_embedding.detach().clone()
     batch = {"tokens": torch.randint(1, 400, (4, 8)), "frames": torch.randint(0, 256, (4, 3, 64, 64, 3), dtype=torch.uint8),
              "frame_mask": torch.ones(4, 3, dtype=torch.bool)}
-    engine.train_step(model, RetrievalLoss(eta=0.5), batch, opt)
+    engine.train_step(model, build_loss(model.head), batch, opt)
     assert emb.grad is None and torch.equal(emb.detach(), before)
     assert not torch.equal(model.clip.positional_embedding.detach(), pos_before)

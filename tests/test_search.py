@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 
+from glccl.heads import SimilarityHead
 from glccl.model import create_model
 from glccl.search import (
     GALLERY_FORMAT,
@@ -133,10 +134,10 @@ def test_rerank_paths_agree(model, gallery):
     assert torch.equal(ia, ib) and torch.allclose(sa, sb, atol=1e-5)
 
 
-def test_head_without_score_pairs(gallery):
+def test_head_with_the_fallback_score_pairs(gallery):
     torch.manual_seed(0)
     meanp = create_model("tiny", head="meanp", num_frames=4, max_words=16).eval()
-    assert model_score_fns(meanp)[1] is None
+    assert type(meanp.head).score_pairs is SimilarityHead.score_pairs  # the per-query fallback of the contract
     g = Gallery(gallery.frames, gallery.frame_mask, gallery.video_ids, meta={"fingerprint": encoder_fingerprint(meanp)})
     ex = search(meanp, g, QUERIES, k=4, exhaustive=True)
     two = search(meanp, g, QUERIES, k=4, shortlist=len(g))

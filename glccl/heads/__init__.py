@@ -1,16 +1,23 @@
-"""Similarity heads: registry, the GLCCL head (exact fast form + naive reference) and the MeanP baseline."""
+"""Similarity heads: the head contract and registry (``base``), the GLCCL head (exact fast form + naive reference) and
+the baselines (X-CLIP, X-Pool, TC-MGC, GLSCL, CLIP4Clip meanP / seqTransf), each in its own module and listed in
+``base.BUILTIN_HEADS``."""
 
-from .base import SimilarityHead, build_head, list_heads, register_head
+from .base import (
+                   BUILTIN_HEADS,
+                   Hyperparameter,
+                   SimilarityHead,
+                   build_head,
+                   check_head_args,
+                   get_head_class,
+                   list_heads,
+                   register_head,
+)
 from .glccl import GLCCLHead, glccl_flops
-from .glscl import GLSCLHead, glscl_flops  # noqa: F401  (registers "glscl")
 from .meanp import MeanPHead
 from .reference import glccl_scores_naive, glccl_scores_naive_chunked, naive_glccl_flops
-from .seqtransf import SeqTransfHead, seqtransf_flops  # noqa: F401  (registers "seqtransf")
-from .tcmgc import TCMGCHead, tcmgc_flops  # noqa: F401  (registers "tcmgc")
-from .xclip import XCLIPHead, xclip_flops  # noqa: F401  (registers "xclip")
-from .xpool import XPoolHead, xpool_flops  # noqa: F401  (registers "xpool")
 
 __all__ = [
-    "SimilarityHead", "build_head", "list_heads", "register_head",
+    "BUILTIN_HEADS", "Hyperparameter", "SimilarityHead", "build_head", "check_head_args", "get_head_class",
+    "list_heads", "register_head",
     "GLCCLHead", "MeanPHead", "glccl_flops", "glccl_scores_naive", "glccl_scores_naive_chunked", "naive_glccl_flops",
 ]

@@ -1,4 +1,9 @@
-"""GLCCL similarity head: GLIM (parameter-free text-guided pooling) + four AOSM-aggregated scores (METHOD §1.2-1.3).
+"""GLCCL similarity head: GLIM (parameter-free text-guided pooling) + four AOSM-aggregated scores.
+
+The scores of ``JingXiaolun/GLCCL`` ``modules/modeling_glccl.py`` (``_loose_similarity``, ``fine_grained_interaction``)
+for every text x video pair: video-sentence, video-word, sentence-frame (over the word-guided features) and
+frame-word, each unscaled (the loss applies the logit scale), and their mean as the score. ``glccl.glim`` has GLIM in
+its plain form; ``glccl.heads.reference`` the scores computed the release's way.
 
 Exact fast form. Every GLIM-pooled vector is a convex combination of a video's frames, so every score only needs
 dot products with frames and the per-video frame Gram matrix ``Gram_j = F_j F_j^T`` ``[K, K]``:
@@ -10,19 +15,23 @@ dot products with frames and the per-video frame Gram matrix ``Gram_j = F_j F_j^
   M[t, u] = (Q_t . beta_u) / ||u_u|| (a [Nw, K] x [K, Nw] product per pair);
 - AOSM ``sum_n x_n [softmax(x / 0.01) W]_n = sum_n softmax(x / 0.01)_n (W x)_n``: ``W x`` for all pairs is one GEMM.
 
-Nothing of size ``Bt * Bv * Nw * D`` is formed; work per block is bounded by ``text_chunk x chunk_size``.
+Nothing of size ``Bt * Bv * Nw * D`` is formed; work per block is bounded by ``text_chunk x chunk_size``. The GLIM
+variants of ``glccl.glim`` (``glim`` hyperparameter) only change the weights alpha and beta, so they keep this form.
 
-Masking (the one deliberate change from the released code, which ignores both masks; all-true masks, or
-``mask_padding=False``, reproduce it): padded frames get zero weight in every GLIM softmax; padded words are excluded
-from every aggregation over words (from the softmax and from the outer sum), on both word axes of M. A video whose
-frames are all masked pools to the zero vector; its normalised features are defined as zero, so all four of its
-scores are exactly 0 against every text (no NaN, zero gradient). Texts are likewise safe without valid words.
+Padding. ``mask_padding=False`` is the release: it masks nothing, so padded words (their features at the padded
+positions) and padded frames take part in every softmax and sum. ``mask_padding=True`` (the default, this project's
+choice): padded frames get zero weight in every GLIM softmax; padded words are excluded from every aggregation over
+words (from the softmax and from the outer sum), on both word axes of M. A video whose frames are all masked pools to
+the zero vector; its normalised features are defined as zero, so all four of its scores are exactly 0 against every
+text (no NaN, zero gradient). Texts are likewise safe without valid words.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from glccl.glim import GLIM_VARIANTS
 
 from .base import SimilarityHead, effective_masks, register_head
 
@@ -60,35 +69,46 @@ def _aosm_last(xs: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 @register_head("glccl")
 class GLCCLHead(SimilarityHead):
-    """GLCCL head. Parameters: G, L (``dim x dim``) and six ``num_words x num_words`` AOSM matrices, all identity.
+    """GLCCL head. Parameters: G, L (``dim x dim``) and six ``num_words x num_words`` AOSM matrices, all identity
+    (plus the ``num_frames x num_frames`` GLIM matrix P for ``glim="softmax_linear_softmax"``).
 
     Args:
         num_words: Nw, the word axis length the AOSM matrices are built for (inputs may have Nw <= num_words).
-        num_frames: K (informational; GLIM has no per-frame parameters, any K works).
+        num_frames: K (GLIM has no per-frame parameters except P of the ``softmax_linear_softmax`` variant).
         dim: feature width D.
+        mask_padding: False treats padding as the release does (it takes part everywhere).
         temperature: GLIM softmax temperature (5 in the released code).
+        glim: GLIM variant, one of ``glccl.glim.GLIM_VARIANTS``: ``softmax`` (released default),
+            ``softmax_linear_softmax`` (the release's ablation with a learned K x K weight) or ``mean`` (no text
+            guidance: plain mean pooling).
+        aosm_temperature: the AOSM softmax temperature (0.01, hard-coded in X-CLIP/GLCCL).
         chunk_size: videos per block; bounds peak memory together with ``text_chunk``.
         text_chunk: texts per block (small blocks keep the per-pair work cache resident). On CPU a block is further
             capped at ``cpu_block_elements`` values of its ``tb x c x Nw x Nw`` frame-word tensors (16 texts x 64
             videos at Nw = 32, 4 x 64 at Nw = 64): larger blocks fall out of cache and run ~1.5x slower.
-        mask_padding: False ignores both masks, like the released code.
-        aosm_temperature: the AOSM softmax temperature (0.01, hard-coded in X-CLIP/GLCCL).
         trim_padding: process texts grouped by length and drop word positions that are padded in a whole block
-            (exact: padded words contribute nothing).
+            (exact: padded words contribute nothing when they are masked).
     """
 
-    num_parts = 4
+    part_names = ("video_sentence", "video_word", "sentence_frame", "frame_word")
+    default_csc = True
+    release = "JingXiaolun/GLCCL modules/modeling_glccl.py"
     aosm_weight_names = AOSM_WEIGHT_NAMES
     cpu_block_elements = 2**20  # see ``text_chunk``; None: no cap
 
-    def __init__(self, num_words: int, num_frames: int, dim: int, temperature: float = 5.0, chunk_size: int = 64,
-                 text_chunk: int = 32, mask_padding: bool = True, aosm_temperature: float = 0.01,
+    def __init__(self, num_words: int, num_frames: int, dim: int, mask_padding: bool = True, temperature: float = 5.0,
+                 glim: str = "softmax", aosm_temperature: float = 0.01, chunk_size: int = 64, text_chunk: int = 32,
                  trim_padding: bool = True):
         super().__init__()
         if chunk_size < 1 or text_chunk < 1:
             raise ValueError(f"chunk_size and text_chunk must be >= 1, got {chunk_size}, {text_chunk}")
+        if glim not in GLIM_VARIANTS:
+            raise ValueError(f"unknown glim variant {glim!r} (one of {', '.join(GLIM_VARIANTS)})")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         self.num_words, self.num_frames, self.dim = num_words, num_frames, dim
         self.temperature = float(temperature)
+        self.glim = glim
         self.aosm_temperature = float(aosm_temperature)
         self.chunk_size, self.text_chunk = chunk_size, text_chunk
         self.mask_padding, self.trim_padding = mask_padding, trim_padding
@@ -96,9 +116,15 @@ class GLCCLHead(SimilarityHead):
         self.local_mat_weight = nn.Parameter(torch.eye(dim))  # L, frame-word score
         for n in AOSM_WEIGHT_NAMES:
             setattr(self, n, nn.Parameter(torch.eye(num_words)))
+        if glim == "softmax_linear_softmax":
+            self.visual_logit_weight = nn.Parameter(torch.eye(num_frames))  # P
+
+    @staticmethod
+    def flops(Bt: int, Bv: int, Nw: int, K: int, D: int) -> int:
+        return glccl_flops(Bt, Bv, Nw, K, D)["total"]
 
     def extra_repr(self) -> str:
-        return (f"num_words={self.num_words}, dim={self.dim}, temperature={self.temperature}, "
+        return (f"num_words={self.num_words}, dim={self.dim}, temperature={self.temperature}, glim={self.glim}, "
                 f"chunk_size={self.chunk_size}, text_chunk={self.text_chunk}, mask_padding={self.mask_padding}")
 
     def forward(self, sentence: Tensor, words: Tensor, word_mask: Tensor, frames: Tensor,
@@ -171,6 +197,17 @@ class GLCCLHead(SimilarityHead):
             parts = parts[torch.argsort(order)]
         return parts.mean(-1), parts
 
+    def _glim_weights(self, logits: Tensor, fbias: Tensor, inv_tau: float) -> Tensor:
+        """GLIM weights ``[..., K, Q]`` over the frame axis (dim -2) from the raw dot products ``logits``."""
+        fb = fbias[..., None]
+        if self.glim == "mean":
+            return torch.softmax(fb.expand(logits.shape), dim=-2)
+        wts = torch.softmax(torch.add(fb, logits, alpha=inv_tau), dim=-2)
+        if self.glim == "softmax_linear_softmax":  # softmax([softmax(x / tau) P] / tau): P acts on the frame axis
+            k = logits.shape[-2]
+            wts = torch.softmax(torch.add(fb, self.visual_logit_weight[:k, :k].T @ wts, alpha=inv_tau), dim=-2)
+        return wts
+
     def _block(self, s: Tensor, w: Tensor, s_g: Tensor, w_l: Tensor, s_inv: Tensor, w_inv: Tensor, wvalid: Tensor,
                wbias: Tensor, f: Tensor, gram: Tensor, fbias: Tensor) -> Tensor:
         """Parts ``[tb, c, 4]`` for ``tb`` texts (``n`` word positions) x ``c`` videos (f ``[c, K, D]``, gram ``[c, K, K]``,
@@ -196,7 +233,7 @@ class GLCCLHead(SimilarityHead):
         pt, qt = r[..., 1:1 + n], r[..., 2 + n:]  # w.f, (w_hat L).f: [tb, c, K, n]
 
         # GLIM weights over frames for the sentence and every word at once; pooled norms from the Gram matrices.
-        wts = torch.softmax(torch.add(fbias[..., None], r[..., :1 + n], alpha=inv_tau), dim=-2)
+        wts = self._glim_weights(r[..., :1 + n], fbias, inv_tau)
         # ||pooled||^2 = wts^T Gram wts cancels when frames disagree: accumulate it in float64 (Gram is float64).
         wq = wts.to(gram.dtype)
         inv = _inv_norm(((gram @ wq) * wq).sum(-2)).to(wts.dtype)  # 1/||v||, 1/||u_t||: [tb, c, 1 + n]

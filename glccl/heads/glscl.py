@@ -1,4 +1,4 @@
-"""GLSCL similarity head: parameter-free global interaction + learnable-query local interaction (METHOD §3).
+"""GLSCL similarity head: parameter-free global interaction + learnable-query local interaction.
 
 ``zchoi/GLSCL`` ``tvr/models/modeling.py`` (class ``DiCoSA``), for text i and video j, unscaled:
 
@@ -21,10 +21,13 @@
   ``Inter_Diversity``) = ``alpha * margin_ranking(mean_b C^v_b C^v_b^T, margin 0.1)`` (both directions, each
   normalised by ``Nq (Nq - 1)``), alpha = 1e-4, on the visual queries only.
 
-Choices: padded frames and padded words are masked in the decoder's cross-attention (``memory_key_padding_mask``;
-the released code passes no memory mask, its text features come from a key-padding-masked text encoder); a sample
-with no valid token attends to all of them. The auxiliary losses re-run LIM on the global batch (the head keeps no
-state between ``forward`` and ``aux_losses``), so in training mode they see their own dropout sample.
+Padding: the release masks the GIM weights with the frame mask and gives the shared query decoder no memory padding
+mask (padded frames and padded word positions are attended to). ``mask_padding=False`` is exactly that;
+``mask_padding=True`` (default) also masks padded frames and words in the decoder's cross-attention
+(``memory_key_padding_mask``; a sample with no valid token attends to all of them). The release's word features come
+from a key-padding-masked text encoder, which changes only the features at padded positions (see the README's table
+of departures). The auxiliary losses re-run LIM on the global batch (the head keeps no state between ``forward`` and
+``aux_losses``), so in training mode they see their own dropout sample.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ import torch
 from torch import Tensor, nn
 
 from .base import SimilarityHead, effective_masks, register_head
-from .xclip import mask_bias, unit
+from .meanp import unit
+from .xclip import mask_bias
 
 
 def _inv_norm(nsq: Tensor) -> Tensor:
@@ -60,9 +64,9 @@ class GLSCLHead(SimilarityHead):
     Args:
         num_words, num_frames: informational.
         dim: feature width D.
+        mask_padding: False masks the GIM only, like the release.
         temperature: GIM softmax temperature tau (GLSCL default 5; its scripts use 3).
         chunk_size: videos per GIM block.
-        mask_padding: False ignores both masks.
         num_queries: LIM queries (8); decoder_layers: decoder depth (3); num_heads: decoder heads
             (default ``max(1, dim // 64)``); ffn_dim: decoder FFN width (default ``4 * dim``); dropout: decoder
             dropout (0.1).
@@ -71,12 +75,12 @@ class GLSCLHead(SimilarityHead):
         idl_weight: IDL weight alpha (1e-4); idl_margin: its margin (0.1).
     """
 
-    num_parts = 2
+    part_names = ("global", "local")
     aux_loss_names = ("icl", "idl")
-    uses_temporal = True
+    release = "zchoi/GLSCL tvr/models/modeling.py"
 
-    def __init__(self, num_words: int, num_frames: int, dim: int, temperature: float = 5.0, chunk_size: int = 64,
-                 mask_padding: bool = True, num_queries: int = 8, decoder_layers: int = 3, num_heads: int | None = None,
+    def __init__(self, num_words: int, num_frames: int, dim: int, mask_padding: bool = True, temperature: float = 5.0,
+                 chunk_size: int = 64, num_queries: int = 8, decoder_layers: int = 3, num_heads: int | None = None,
                  ffn_dim: int | None = None, dropout: float = 0.1, local_weight: float = 0.5, icl_beta: float = 0.005,
                  icl_target: float = 0.75, idl_weight: float = 1e-4, idl_margin: float = 0.1):
         super().__init__()
@@ -103,7 +107,7 @@ class GLSCLHead(SimilarityHead):
                 frame_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Score ``S^G + local_weight * s^L`` ``[Bt, Bv]`` and parts ``[Bt, Bv, 2]`` = ``[S^G, s^L]``."""
         wm, fm = effective_masks(word_mask, frame_mask, self.mask_padding)
-        s_g = self.global_scores(sentence, frames, fm)
+        s_g = self.global_scores(sentence, frames, frame_mask.bool())  # the release masks the GIM in both settings
         c_t, c_v = self.local_queries(words, wm, frames, fm)
         s_l = (c_t.flatten(1) @ c_v.flatten(1).T) / self.num_queries
         return s_g + self.local_weight * s_l, torch.stack([s_g, s_l], dim=-1)
@@ -127,8 +131,8 @@ class GLSCLHead(SimilarityHead):
         """LIM: normalised decoded queries ``c^t`` ``[Bt, Nq, D]`` and ``c^v`` ``[Bv, Nq, D]``."""
         return self._decode(words, wm), self._decode(frames, fm)
 
-    def aux_losses(self, sentence: Tensor, words: Tensor, word_mask: Tensor, frames: Tensor,
-                   frame_mask: Tensor) -> dict[str, Tensor]:
+    def aux_losses(self, sentence: Tensor, words: Tensor, word_mask: Tensor, frames: Tensor, frame_mask: Tensor,
+                   scale: Tensor | None = None) -> dict[str, Tensor]:
         """``icl`` and ``idl`` on the paired global batch (``Bt == Bv``, text i describes video i)."""
         if words.shape[0] != frames.shape[0]:
             raise ValueError(f"paired batches need Bt == Bv, got {words.shape[0]} and {frames.shape[0]}")
@@ -141,6 +145,10 @@ class GLSCLHead(SimilarityHead):
         icl = (nn.functional.mse_loss(c_v.mean(0), c_t.mean(0))
                + self.icl_beta * (cross.diagonal() - self.icl_target).pow(2).sum())
         return {"icl": icl, "idl": idl}
+
+    @staticmethod
+    def flops(Bt: int, Bv: int, Nw: int, K: int, D: int) -> int:
+        return glscl_flops(Bt, Bv, Nw, K, D)
 
     # -- internals ----------------------------------------------------------------------------------------------------
 
@@ -170,5 +178,3 @@ def glscl_flops(Bt: int, Bv: int, Nw: int, K: int, D: int, num_queries: int = 8,
     lim = Bv * decoder(K) + Bt * decoder(Nw) + 2 * pairs * q * D
     return gim + lim
 
-
-GLSCLHead.flops = staticmethod(glscl_flops)

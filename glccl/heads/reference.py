@@ -1,15 +1,18 @@
 """Naive GLCCL scores, computed the way the released code does (test reference and "naive GLCCL" benchmark).
 
 It materialises the sentence-guided video features ``v`` ``[Bt, Bv, D]`` and the word-guided frame features ``u``
-``[Bt, Bv, Nw, D]``, L2-normalises them and evaluates the four scores from the normalised vectors. The only change
-from the released code is masking (see :class:`glccl.heads.glccl.GLCCLHead`); with all-true masks it is the released
-formula. Memory grows with ``Bt * Bv * Nw * D``: use :func:`glccl_scores_naive_chunked` for large galleries.
+``[Bt, Bv, Nw, D]`` with :func:`glccl.glim.glim_pool`, L2-normalises them and evaluates the four scores from the
+normalised vectors (``JingXiaolun/GLCCL`` ``modules/modeling_glccl.py``). With the head's ``mask_padding=False`` it is
+the released formula; with masking it also leaves out padding (see :class:`glccl.heads.glccl.GLCCLHead`). Memory grows
+with ``Bt * Bv * Nw * D``: use :func:`glccl_scores_naive_chunked` for large galleries.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from glccl.glim import glim_pool
 
 
 def _masked_softmax(x: Tensor, mask: Tensor, dim: int) -> Tensor:
@@ -63,11 +66,10 @@ def glccl_scores_naive(head, sentence: Tensor, words: Tensor, word_mask: Tensor,
     f = frames.masked_fill(~fm[..., None], 0.0)
     s = sentence
 
-    # GLIM: text-guided attention pooling over frames with raw (unnormalised) features.
-    alpha = _masked_softmax(torch.einsum("ad,bkd->abk", s, f) / tau, fm[None], -1)  # [Bt, Bv, K]
-    v = torch.einsum("abk,bkd->abd", alpha, f)  # [Bt, Bv, D]
-    beta = _masked_softmax(torch.einsum("atd,bkd->abtk", w, f) / tau, fm[None, :, None], -1)  # [Bt, Bv, Nw, K]
-    u = torch.einsum("abtk,bkd->abtd", beta, f)  # [Bt, Bv, Nw, D]
+    # GLIM: text-guided pooling over frames with raw (unnormalised) features.
+    glim = {"temperature": tau, "variant": head.glim, "frame_weight": getattr(head, "visual_logit_weight", None)}
+    v = glim_pool(s[:, None], f, fm, **glim)[:, :, 0]  # [Bt, Bv, D]
+    u = glim_pool(w, f, fm, **glim)  # [Bt, Bv, Nw, D]
 
     v_hat, u_hat = _normalize(v), _normalize(u)
     s_hat, w_hat = _normalize(s), _normalize(w)

@@ -1,11 +1,11 @@
-"""TC-MGC similarity head: language-video attention + four scores with SR / ISA + LSA fusion (METHOD §2).
+"""TC-MGC similarity head: language-video attention + four scores with SR / ISA + LSA fusion.
 
 For text i and video j (``JingXiaolun/TC-MGC`` ``modules/modeling_tcmgc.py``, ``modules/module_xpool.py``):
 
 - **LVA** (language-video attention; X-Pool's block with the q/k/v/out projections bypassed, as in the released
   forward): for a query q (the sentence, or one word) ``q~ = LN1(q)``, ``f~ = LN1(f)``,
   ``a = softmax_k(q~ . f~_k / sqrt(D / H))``, ``o = LN2(sum_k a_k f~_k)``, ``out = LN3(o + Dropout(Linear(o)))``
-  with ``Linear`` identity-initialised. The sentence gives the video feature ``v_ij``, word t gives ``u_ij,t``;
+  with ``Linear`` = ``linear_proj``. The sentence gives the video feature ``v_ij``, word t gives ``u_ij,t``;
   both are L2-normalised.
 - **Scores** on normalised features (unscaled; the loss applies λ), with ``n_a = max(1, int(num_words * keep_rate))``
   and ISA ``(x; W) = sum_n x_n softmax(λ_s [softmax(λ_s x) W])_n``, λ_s = ``softmax_lambda`` = 100:
@@ -18,25 +18,28 @@ For text i and video j (``JingXiaolun/TC-MGC`` ``modules/modeling_tcmgc.py``, ``
      rows (``attentive_word_mat_weight``) and over columns (``attentive_frame_word_mat_weight``), a second ISA on each
      result (``..._weight2``), and the mean of the two directions.
 - **LSA**: ``omega = softmax_k(lsa_scale * [S^1..S^4] W_LSA)``, ``score = sum_k omega_k S^k``; parts = the four scores.
-- **SDR** (aux loss ``sdr``): ``sdr_weight * mean_i Var_k(sdr_scale * S^k_ii)`` (unbiased variance) over the
-  positive (diagonal) pairs of the global batch.
+- **SDR** (aux loss ``sdr``): ``sdr_weight * mean_i Var_k(lambda S^k_ii)`` (unbiased variance) over the positive
+  (diagonal) pairs of the global batch, on the scores scaled by the logit scale λ as in the release (``sdr_scale``
+  replaces λ by a constant).
 
-Choices where the released code is incomplete or depends on λ (METHOD §2.4, documented here):
+Choices where the released code is incomplete or depends on λ:
 
 - ``logit_weight`` (LSA) is referenced but never defined in the released code: it is a learnable 4 x 4 matrix,
   identity-initialised; ``frame_features_conversion_flag`` is taken as False (the word-guided features stay N_w long).
-- The released scores already contain λ = exp(logit_scale) when LSA's softmax and SDR's variance are computed. A head
-  never sees λ, so both take an explicit scale: ``lsa_scale`` defaults to 100 (λ at initialisation and at its clamp,
-  so the LSA softmax is as sharp as in the released code), and ``sdr_scale`` defaults to 1 (SDR on the unscaled
-  parts; the released value equals ``sdr_scale = λ``, i.e. 1e4 times larger at λ = 100). The returned score is the
-  LSA fusion of the unscaled parts, so λ * score equals the released logits when λ = ``lsa_scale``.
+- The released scores already contain λ = exp(logit_scale) when LSA's softmax and SDR's variance are computed. The
+  scores a head returns are unscaled, so LSA takes an explicit ``lsa_scale`` (default 100: λ at initialisation and
+  at its clamp, where λ * score equals the released logits exactly). SDR gets λ from the loss (``aux_losses``'s
+  ``scale``), as in the release.
+- ``linear_proj``: ``module_xpool.py`` sets it to the identity, but ``modeling_tcmgc.py`` then re-initialises every
+  ``nn.Linear`` from N(0, 0.02) with zero bias (``self.apply(self.init_weights)``), which is where the release
+  starts training; ``linear_proj_init="identity"`` keeps the identity instead.
 - ``n_a`` is fixed from ``num_words`` at construction (the parameter sizes) and at least 1; inputs with fewer word
   positions use ``min(n_a, N_w)`` and the leading block of each matrix.
-- Masking (the released code masks nothing): padded frames get zero LVA attention; padded words are never selected
-  by SR, never fused, and excluded from every ISA. A text with fewer than n_a valid words uses only its valid slots.
+- Padding: the release masks nothing (``mask_padding=False``). With ``mask_padding=True`` (default) padded frames get
+  zero LVA attention; padded words are never selected by SR, never fused, and excluded from every ISA. A text with
+  fewer than n_a valid words uses only its valid slots.
 - The stored code runs LVA twice per query and discards the first result; here it runs once.
-- LVA's ``temperature`` is the scaled dot product ``1 / sqrt(D / H)`` as in the code; the ``temperature`` argument is
-  accepted for the uniform head interface and unused.
+- LVA's temperature is the scaled dot product ``1 / sqrt(D / H)`` as in the code.
 
 Cost: LVA produces ``Bt x Bv x (1 + N_w)`` pooled D-vectors and applies a D x D linear layer to each, so the head is
 computed in ``text_chunk x chunk_size`` blocks (peak memory ``text_chunk * chunk_size * (1 + N_w) * D`` per tensor).
@@ -50,7 +53,8 @@ import torch
 from torch import Tensor, nn
 
 from .base import SimilarityHead, effective_masks, register_head
-from .xclip import mask_bias, unit
+from .meanp import unit
+from .xclip import mask_bias
 
 NEG_INF = float("-inf")
 ISA_WEIGHT_NAMES = ("attentive_word_logit_weight", "attentive_word_mat_weight", "attentive_word_mat_weight2",
@@ -82,39 +86,46 @@ class TCMGCHead(SimilarityHead):
         num_words: N_w; fixes ``n_a = max(1, int(num_words * keep_rate))`` and the ISA matrix sizes.
         num_frames: informational (LVA works with any K).
         dim: feature width D.
-        temperature: accepted for the uniform head interface; unused.
-        chunk_size: videos per block; text_chunk: texts per block.
         mask_padding: False ignores both masks (the released behaviour).
         keep_rate: SR keep rate (0.1 in the code: 3 of 32 words).
         softmax_lambda: ISA inverse temperature λ_s (100).
         num_heads: LVA heads (1); must divide ``dim``.
         dropout: LVA dropout (0.3).
+        linear_proj_init: ``normal`` (N(0, 0.02), zero bias: where the release starts) or ``identity``.
         lsa_scale: scale of the scores inside LSA's softmax (stands in for λ; 100).
-        sdr_weight: SDR loss weight (0.5); sdr_scale: scale of the scores inside SDR's variance (1 = unscaled).
+        sdr_weight: SDR loss weight (0.5).
+        sdr_scale: scale of the scores inside SDR's variance; None (default) uses λ as the release does.
+        chunk_size: videos per block; text_chunk: texts per block.
     """
 
-    num_parts = 4
+    part_names = ("video_sentence", "video_word", "sentence_frame", "frame_word")
     aux_loss_names = ("sdr",)
-    uses_temporal = True
+    release = "JingXiaolun/TC-MGC modules/modeling_tcmgc.py, modules/module_xpool.py"
 
-    def __init__(self, num_words: int, num_frames: int, dim: int, temperature: float | None = None,
-                 chunk_size: int = 16, text_chunk: int = 64, mask_padding: bool = True, keep_rate: float = 0.1,
-                 softmax_lambda: float = 100.0, num_heads: int = 1, dropout: float = 0.3, lsa_scale: float = 100.0,
-                 sdr_weight: float = 0.5, sdr_scale: float = 1.0):
+    def __init__(self, num_words: int, num_frames: int, dim: int, mask_padding: bool = True, keep_rate: float = 0.1,
+                 softmax_lambda: float = 100.0, num_heads: int = 1, dropout: float = 0.3,
+                 linear_proj_init: str = "normal", lsa_scale: float = 100.0, sdr_weight: float = 0.5,
+                 sdr_scale: float | None = None, chunk_size: int = 16, text_chunk: int = 64):
         super().__init__()
         if chunk_size < 1 or text_chunk < 1:
             raise ValueError(f"chunk_size and text_chunk must be >= 1, got {chunk_size}, {text_chunk}")
         if dim % num_heads:
             raise ValueError(f"num_heads={num_heads} does not divide dim={dim}")
+        if linear_proj_init not in ("normal", "identity"):
+            raise ValueError(f"linear_proj_init must be 'normal' or 'identity', got {linear_proj_init!r}")
         self.num_words, self.num_frames, self.dim = num_words, num_frames, dim
         self.chunk_size, self.text_chunk, self.mask_padding = chunk_size, text_chunk, mask_padding
         self.keep_rate, self.softmax_lambda, self.num_heads = keep_rate, float(softmax_lambda), num_heads
-        self.lsa_scale, self.sdr_weight, self.sdr_scale = float(lsa_scale), float(sdr_weight), float(sdr_scale)
+        self.lsa_scale, self.sdr_weight = float(lsa_scale), float(sdr_weight)
+        self.sdr_scale = None if sdr_scale is None else float(sdr_scale)
         self.n_keep = max(1, int(num_words * keep_rate))
         # LVA
         self.layer_norm1, self.layer_norm2, self.layer_norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.linear_proj = nn.Linear(dim, dim)
-        nn.init.eye_(self.linear_proj.weight)
+        if linear_proj_init == "identity":
+            nn.init.eye_(self.linear_proj.weight)
+        else:
+            nn.init.normal_(self.linear_proj.weight, mean=0.0, std=0.02)
         nn.init.zeros_(self.linear_proj.bias)
         self.dropout = nn.Dropout(dropout)
         # scores, ISA and LSA
@@ -164,11 +175,19 @@ class TCMGCHead(SimilarityHead):
                for i in range(0, sentence.shape[0], c)]
         return torch.cat(out, dim=0)
 
-    def aux_losses(self, sentence: Tensor, words: Tensor, word_mask: Tensor, frames: Tensor,
-                   frame_mask: Tensor) -> dict[str, Tensor]:
-        """``{"sdr": sdr_weight * mean_i Var_k(sdr_scale * S^k_ii)}`` over the global (paired) batch."""
+    def aux_losses(self, sentence: Tensor, words: Tensor, word_mask: Tensor, frames: Tensor, frame_mask: Tensor,
+                   scale: Tensor | None = None) -> dict[str, Tensor]:
+        """``{"sdr": sdr_weight * mean_i Var_k(lambda * S^k_ii)}`` over the global (paired) batch; ``lambda`` is
+        ``scale`` (the loss's λ, gradient included, as in the release) unless ``sdr_scale`` is set."""
         parts = self.diagonal_parts(sentence, words, word_mask, frames, frame_mask)
-        return {"sdr": self.sdr_weight * (parts * self.sdr_scale).var(dim=-1).mean()}
+        lam = self.sdr_scale if self.sdr_scale is not None else scale
+        if lam is None:
+            raise ValueError("TC-MGC's SDR needs the logit scale (scale=) or a fixed sdr_scale")
+        return {"sdr": self.sdr_weight * (parts * lam).var(dim=-1).mean()}
+
+    @staticmethod
+    def flops(Bt: int, Bv: int, Nw: int, K: int, D: int) -> int:
+        return tcmgc_flops(Bt, Bv, Nw, K, D)
 
     # -- internals ----------------------------------------------------------------------------------------------------
 
@@ -262,5 +281,3 @@ def tcmgc_flops(Bt: int, Bv: int, Nw: int, K: int, D: int, keep_rate: float = 0.
     lsa = 2 * pairs * (16 + 4)
     return text_proj + lva + dots + isa_all + lsa
 
-
-TCMGCHead.flops = staticmethod(tcmgc_flops)

@@ -13,16 +13,15 @@ X-CLIP (``xuguohai/X-CLIP`` ``modules/modeling_xclip.py`` ``_loose_similarity``)
 
 ``AOSM_W(x) = sum_n x_n [softmax(x / 0.01) W]_n`` with identity-initialised W.
 
-Differences from the released code (documented choices):
+Padding: the release masks only the video mean (``_mean_pooling_for_similarity_visual`` with ``video_mask``); padded
+words and padded frames take part in every other softmax and sum. ``mask_padding=False`` is exactly that;
+``mask_padding=True`` (default) also excludes padded words and frames from every AOSM softmax and sum.
 
-- masking: padded words and frames are excluded from every softmax and every sum (the released code masks only the
-  video mean); all-true masks (or ``mask_padding=False``) reproduce the released formula;
-- X-CLIP's frame-level features use the CLIP frame features *before* the temporal transformer
-  (``use_original_clip_for_frame_features``); this head only receives the post-temporal frames and uses them for both
-  the video mean and the frame-level scores.
+One difference from the release remains: its frame-level scores use the CLIP frame features *before* the temporal
+transformer (``use_original_clip_for_frame_features = True``); this head receives the post-temporal frames and uses
+them for both the video mean and the frame-level scores (see the README's table of departures).
 
-The module also holds the small masked-tensor helpers that the other baseline heads share (``unit``, ``mask_bias``,
-``aosm``).
+The module also holds the small masked-tensor helpers that the other baseline heads share (``mask_bias``, ``aosm``).
 """
 
 from __future__ import annotations
@@ -31,16 +30,10 @@ import torch
 from torch import Tensor, nn
 
 from .base import SimilarityHead, effective_masks, register_head
+from .meanp import masked_mean, unit
 
 XCLIP_WEIGHT_NAMES = ("word_logit_weight", "frame_logit_weight", "word_mat_weight", "frame_mat_weight",
                       "word_mat_weight2", "frame_mat_weight2")
-
-
-def unit(x: Tensor) -> Tensor:
-    """``x / ||x||`` over the last dim; an all-zero vector stays zero (no NaN, zero gradient)."""
-    nsq = (x * x).sum(-1, keepdim=True)
-    tiny = torch.finfo(x.dtype).tiny
-    return x * torch.where(nsq > tiny, nsq.clamp_min(tiny).rsqrt(), torch.zeros_like(nsq))
 
 
 def mask_bias(mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -62,12 +55,6 @@ def aosm(x: Tensor, weight: Tensor, mask: Tensor, inv_temp: float) -> Tensor:
     return (x * (p @ weight)).sum(-1)
 
 
-def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean over dim 1 of ``x`` ``[B, K, D]`` restricted to ``mask`` ``[B, K]`` (zero when nothing is valid)."""
-    x = x.masked_fill(~mask[..., None], 0.0)
-    return x.sum(1) / mask.sum(1, keepdim=True).clamp_min(1).to(x.dtype)
-
-
 @register_head("xclip")
 class XCLIPHead(SimilarityHead):
     """X-CLIP head. Parameters: G, L (``dim x dim``), three Nw x Nw and three K x K AOSM matrices, all identity.
@@ -76,17 +63,16 @@ class XCLIPHead(SimilarityHead):
         num_words: Nw the word-axis matrices are built for (inputs may have fewer positions).
         num_frames: K the frame-axis matrices are built for (inputs may have fewer frames).
         dim: feature width D.
-        temperature: accepted for the uniform head interface; unused (X-CLIP has no text-guided pooling).
-        chunk_size: videos per block of the frame-word stage (bounds the ``Bt x chunk x Nw x K`` matrix).
-        mask_padding: False ignores both masks, like the released code.
+        mask_padding: False masks only the video mean, like the release.
         aosm_temperature: AOSM softmax temperature (0.01, hard-coded in X-CLIP).
+        chunk_size: videos per block of the frame-word stage (bounds the ``Bt x chunk x Nw x K`` matrix).
     """
 
-    num_parts = 4
-    uses_temporal = True
+    part_names = ("video_sentence", "video_word", "sentence_frame", "frame_word")
+    release = "xuguohai/X-CLIP modules/modeling_xclip.py"
 
-    def __init__(self, num_words: int, num_frames: int, dim: int, temperature: float | None = None,
-                 chunk_size: int = 64, mask_padding: bool = True, aosm_temperature: float = 0.01):
+    def __init__(self, num_words: int, num_frames: int, dim: int, mask_padding: bool = True,
+                 aosm_temperature: float = 0.01, chunk_size: int = 64):
         super().__init__()
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -117,7 +103,7 @@ class XCLIPHead(SimilarityHead):
         s = unit(sentence)  # [Bt, D]
         w = unit(words).masked_fill(~wm[..., None], 0.0)  # [Bt, n, D]
         f = unit(frames).masked_fill(~fm[..., None], 0.0)  # [Bv, K, D]
-        v = unit(_masked_mean(f, fm))  # [Bv, D]
+        v = unit(masked_mean(unit(frames), frame_mask.bool()))  # [Bv, D]: the release masks this mean
 
         s_vs = (s @ self.global_mat_weight) @ v.T
         x = torch.einsum("tnd,vd->tvn", w, v)
@@ -140,6 +126,10 @@ class XCLIPHead(SimilarityHead):
         parts = torch.stack([s_vs, s_vw, s_sf, s_fw], dim=-1)
         return parts.mean(-1), parts
 
+    @staticmethod
+    def flops(Bt: int, Bv: int, Nw: int, K: int, D: int) -> int:
+        return xclip_flops(Bt, Bv, Nw, K, D)
+
 
 def xclip_flops(Bt: int, Bv: int, Nw: int, K: int, D: int) -> int:
     """Similarity-stage FLOPs (2 per multiply-add; softmax and other elementwise work not counted).
@@ -155,5 +145,3 @@ def xclip_flops(Bt: int, Bv: int, Nw: int, K: int, D: int) -> int:
     aosm_fw = 2 * pairs * (K * (Nw * Nw + Nw) + Nw * (K * K + K) + (K * K + K) + (Nw * Nw + Nw))
     return text_proj + video_mean + gemms + aosm_vw_sf + aosm_fw
 
-
-XCLIPHead.flops = staticmethod(xclip_flops)

@@ -28,7 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from .base import SimilarityHead, effective_masks, register_head
-from .xclip import mask_bias, unit
+from .meanp import unit
+from .xclip import mask_bias
 
 
 @register_head("xpool")
@@ -38,18 +39,17 @@ class XPoolHead(SimilarityHead):
     Args:
         num_words, num_frames: informational (no per-word or per-frame parameters).
         dim: feature width D.
-        temperature: accepted for the uniform head interface; unused (scaled dot product, ``1 / sqrt(D / H)``).
-        chunk_size: videos per block.
-        mask_padding: False ignores the frame mask (the released behaviour).
+        mask_padding: False ignores the frame mask, like the release (which has no frame mask).
         num_heads: attention heads H (X-Pool default 1); must divide ``dim``.
         dropout: dropout on ``linear_proj``'s output (X-Pool default 0.3).
+        chunk_size: videos per block.
     """
 
-    num_parts = 1
-    uses_temporal = True
+    part_names = ("video_sentence",)
+    release = "layer6ai-labs/xpool modules/transformer.py"
 
-    def __init__(self, num_words: int, num_frames: int, dim: int, temperature: float | None = None,
-                 chunk_size: int = 32, mask_padding: bool = True, num_heads: int = 1, dropout: float = 0.3):
+    def __init__(self, num_words: int, num_frames: int, dim: int, mask_padding: bool = True, num_heads: int = 1,
+                 dropout: float = 0.3, chunk_size: int = 32):
         super().__init__()
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -96,6 +96,10 @@ class XPoolHead(SimilarityHead):
         score = torch.cat(cols, dim=1)
         return score, score[..., None]
 
+    @staticmethod
+    def flops(Bt: int, Bv: int, Nw: int, K: int, D: int) -> int:
+        return xpool_flops(Bt, Bv, Nw, K, D)
+
 
 def xpool_flops(Bt: int, Bv: int, Nw: int, K: int, D: int) -> int:
     """Similarity-stage FLOPs of this implementation (2 per multiply-add; LayerNorm/softmax not counted).
@@ -107,5 +111,3 @@ def xpool_flops(Bt: int, Bv: int, Nw: int, K: int, D: int) -> int:
     pairs = Bt * Bv
     return 2 * Bt * D * D + 3 * 2 * Bv * K * D * D + pairs * (2 * 2 * K * D + 2 * D * D + 2 * D)
 
-
-XPoolHead.flops = staticmethod(xpool_flops)
