@@ -26,8 +26,8 @@ does not fit a CPU budget: the frame tower's forward/backward dominates a step (
    frame (``model.encode_frames`` -> ``[N, K, D]``; the frame tower is per frame, hence K-agnostic) and kept in memory.
 3. *Heads* (per head and K): ``create_model(preset, pretrained=<tower file>, head=h, num_frames=K,
    logit_scale_init=--logit-scale)``: the tower's CLIP weights are loaded strictly into ``model.clip`` (text tower
-   included), the temporal encoder is initialised from that CLIP's text transformer as in the full recipe (METHOD
-   §1.1), ``model.clip.visual`` is frozen, and the text tower + temporal encoder + head + logit scale are trained from
+   included), the temporal encoder is initialised from that CLIP's text transformer as in the full recipe (CLIP4Clip's
+   initialisation), ``model.clip.visual`` is frozen, and the text tower + temporal encoder + head + logit scale are trained from
    the cached frame features (``--steps`` steps of batch ``--batch-size``, same lr / weight decay / schedule) with
    ``glccl.engine.train_step`` itself: the model is wrapped in :class:`CachedFrames`, whose forward runs
    ``encode_text`` and ``temporal_encode`` on the features, so the step (losses incl. the heads' ``aux_losses``,
@@ -317,10 +317,10 @@ def fit(model, train: Split, recipe: Recipe, label: str,
     no cached features, else features through :class:`CachedFrames` (only parameters that require grad are
     optimised). Returns steps done, seconds, final and mean-of-last-10 loss, parameter counts."""
     from glccl import engine
-    from glccl.losses import RetrievalLoss
+    from glccl.losses import build_loss
     from glccl.optim import build_optimizer, build_scheduler
 
-    loss_fn = RetrievalLoss(eta=recipe.eta, logit_scale_max=recipe.logit_scale_max)
+    loss_fn = build_loss(engine.unwrap(model).head, eta=recipe.eta, logit_scale_max=recipe.logit_scale_max)
     optimizer = build_optimizer(model, recipe.lr, recipe.coef_lr, recipe.weight_decay)
     n_steps = total_steps(train.num_videos, recipe)
     scheduler = build_scheduler(optimizer, n_steps, recipe.warmup_fraction)

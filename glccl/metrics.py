@@ -1,4 +1,4 @@
-"""Retrieval metrics from a text x video similarity matrix (X-CLIP / TC-MGC protocol, METHOD §2.7).
+"""Retrieval metrics from a text x video similarity matrix (the X-CLIP / TC-MGC ``metrics.py`` protocol).
 
 Ranks are 0-based and tie-pessimistic: the rank of the correct item is the number of *other* candidates scoring at
 least as high, so a constant matrix gives R@1 = 0. With several captions per video, text-to-video ranks each caption's

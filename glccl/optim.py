@@ -1,4 +1,4 @@
-"""Optimiser and schedule of the recipe (METHOD.md §1.5): CLIP at lr*coef_lr, the rest at lr; decoupled weight decay
+"""Optimiser and schedule of the recipe (``JingXiaolun/GLCCL`` ``main_glccl.py``): CLIP at lr*coef_lr, the rest at lr; decoupled weight decay
 except biases and norms; 10% linear warm-up then cosine over the total step count.
 
 Deviation from the released code: AdamW (bias-corrected) instead of BertAdam (no bias correction, per-parameter

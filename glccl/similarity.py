@@ -1,4 +1,4 @@
-"""Text x video similarity over whole galleries, in blocks (evaluation; METHOD §2.7).
+"""Text x video similarity over whole galleries, in blocks (evaluation, as the released ``_run_on_single_gpu``).
 
 The released evaluation calls the head on 64 x 64 blocks of cached features and concatenates the blocks. Here the
 blocks are larger (the GLCCL head bounds its own per-block memory through ``chunk_size`` / ``text_chunk``) and the

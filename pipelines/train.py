@@ -194,7 +194,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from glccl import distributed as gdist
     from glccl import engine
-    from glccl.losses import RetrievalLoss
+    from glccl.losses import loss_from_config
     from glccl.model import create_model_from_config
     from glccl.optim import build_optimizer, build_scheduler
 
@@ -210,7 +210,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     random.seed(tc.seed + rank)
 
     model = create_model_from_config(cfg.model).to(device)
-    loss_fn = RetrievalLoss(eta=cfg.loss.eta, logit_scale_max=cfg.loss.logit_scale_max)
+    loss_fn = loss_from_config(engine.unwrap(model).head, cfg.loss)
     local_bs = tc.batch_size // world
     steps_per_epoch = max(1, config["num_train_pairs"] // tc.batch_size)
     total_steps = steps_per_epoch * tc.epochs
@@ -430,6 +430,16 @@ def local_cpus(cfg: RunConfig) -> int:
     return max(os.cpu_count() or 1, int(math.ceil(cfg.train.num_workers * cfg.train.cpus_per_worker)) + 2)
 
 
+def loss_params(cfg: RunConfig) -> dict[str, Any]:
+    """The run's resolved loss as MLflow params: ``loss.recipe`` (e.g. ``infonce + sdr``) and ``loss.terms``."""
+    from glccl.heads import get_head_class
+    from glccl.losses import loss_from_config, loss_recipe
+
+    head = get_head_class(cfg.model.head)
+    loss = loss_from_config(head, cfg.loss)
+    return {"loss.recipe": loss_recipe(head, loss), "loss.terms": ",".join(loss.terms + head.aux_loss_names)}
+
+
 def run(cfg: RunConfig, address: str | None = None, extra_tags: dict[str, str] | None = None,
         parent_run_id: str | None = None, callbacks: list | None = None,
         fault: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -446,7 +456,7 @@ def run(cfg: RunConfig, address: str | None = None, extra_tags: dict[str, str] |
     init_ray(address, local_cpus(cfg))
     data = prepare_data(cfg, storage)
     uri = tracking.default_tracking_uri(storage)
-    params = flatten(to_dict(cfg))
+    params = {**flatten(to_dict(cfg)), **loss_params(cfg)}
     run_id, resumed = tracking.start_or_resume_run(uri, cfg.experiment, cfg.name, params,
                                                    tags=extra_tags, parent_run_id=parent_run_id)
     logger = tracking.RunLogger(uri, run_id)

@@ -234,7 +234,7 @@ def test_fewer_words_than_num_words_equals_masked_padding():
 
 
 def _unmasked_formula(h, s, w, f):
-    """METHOD §1.2-1.3 written directly, with no masking at all (the released code's behaviour)."""
+    """The released GLCCL scores written directly, with no masking at all (the released code's behaviour)."""
     def n(x):
         return x / x.norm(dim=-1, keepdim=True)
 

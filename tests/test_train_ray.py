@@ -15,7 +15,7 @@ def _expected_steps(root) -> int:
     return 2 * (build_manifest("synth", root, "train").num_rows // 8)  # 2 epochs of global batch 8
 
 
-def _cfg(root, storage, name, **train):
+def _cfg(root, storage, name, *extra, **train):
     from glccl.config import load_config
 
     overrides = [f"name={name}", f"storage={storage}", "experiment=test-train", "data.dataset=synth",
@@ -23,7 +23,7 @@ def _cfg(root, storage, name, **train):
                  "model.temporal_layers=1", "train.batch_size=8", "train.eval_batch_size=8", "train.epochs=2",
                  "train.num_workers=2", "train.lr=1e-3", "train.coef_lr=1.0",
                  "train.checkpoint_every_steps=2"]
-    overrides += [f"train.{k}={v}" for k, v in train.items()]
+    overrides += [f"train.{k}={v}" for k, v in train.items()] + list(extra)
     return load_config(None, overrides)
 
 
@@ -57,6 +57,8 @@ def test_run_leaves_complete_mlflow_record(baseline):
     assert run.info.artifact_uri.startswith(Path(cfg.storage).resolve().as_uri()), run.info.artifact_uri
     params = run.data.params
     assert params["model.head"] == "glccl" and params["train.batch_size"] == "8" and params["loss.eta"] == "0.5"
+    assert params["loss.recipe"] == "infonce + 0.5*csc" and params["loss.terms"] == "infonce,csc"
+    assert client.get_metric_history(out["run_id"], "train/csc")
     tags = run.data.tags
     for key in ("git.commit", "host", "version.torch", "version.ray", "version.mlflow"):
         assert tags.get(key), key
@@ -75,6 +77,22 @@ def test_run_leaves_complete_mlflow_record(baseline):
         assert want in paths, (want, paths)
     models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
     assert any(lm.source_run_id == out["run_id"] for lm in models), "best model not logged"
+
+
+def test_a_baseline_head_trains_with_its_own_loss(ray_session, tiny_synth, tmp_path):
+    """X-CLIP's authors train with InfoNCE alone: the run's MLflow record says so, and no CSC metric is logged."""
+    from pipelines import train
+
+    cfg = _cfg(tiny_synth, tmp_path, "xclip-own-loss", "model.head=xclip", epochs=1, max_steps=2,
+               checkpoint_every_steps=0)
+    out = train.run(cfg)
+    client = _client(out["tracking_uri"])
+    run = client.get_run(out["run_id"])
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["model.head"] == "xclip" and params["loss.recipe"] == "infonce" and params["loss.terms"] == "infonce"
+    assert client.get_metric_history(out["run_id"], "train/nce")
+    assert not client.get_metric_history(out["run_id"], "train/csc")
 
 
 def test_killed_worker_recovers_from_checkpoint(baseline, tiny_synth, tmp_path):

@@ -5,7 +5,7 @@ share the text transformer's parameter names), ``p`` a learned frame position ta
 frames are masked as attention keys. It always runs in fp32, also under autocast. With ``layers=0`` it is the
 identity and has no parameters.
 
-"Initialisation trick" (METHOD §1.1): :meth:`TemporalTransformer.init_from_clip` copies the CLIP text transformer's
+"Initialisation trick" (CLIP4Clip ``modules/modeling.py``): :meth:`TemporalTransformer.init_from_clip` copies the CLIP text transformer's
 first ``layers`` resblocks into TT and the text positional embedding into ``p``.
 """
 

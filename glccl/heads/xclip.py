@@ -1,4 +1,4 @@
-"""X-CLIP similarity head: four multi-grained scores with AOSM aggregation and no text guidance (METHOD §1.3 base).
+"""X-CLIP similarity head: four multi-grained scores with AOSM aggregation and no text guidance.
 
 X-CLIP (``xuguohai/X-CLIP`` ``modules/modeling_xclip.py`` ``_loose_similarity``), unscaled (the loss applies λ):
 
