@@ -52,7 +52,7 @@ def cmd_synth(args) -> int:
     with tqdm(total=total, desc="synth", unit="video", dynamic_ncols=True, disable=args.quiet) as bar:
         s = generate(args.out, num_train=args.num_train, num_val=args.num_val, num_test=args.num_test,
                      seed=args.seed, size=args.size, fps=args.fps, seconds=args.seconds, workers=args.workers,
-                     events=args.events, progress=bar.update)
+                     events=args.events, layout=args.layout, described=args.described, progress=bar.update)
     dt = time.perf_counter() - t0
     _summary("glccl data synth", total, 0, dt, "videos", {
         "output": s["out_dir"],
@@ -215,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seconds", type=float, default=5.0, help="length of every video")
     s.add_argument("--events", type=events_range, default=(2, 4), metavar="MIN-MAX",
                    help="events per video, e.g. 6-10 or 3 (default 2-4; longer videos can hold more)")
+    s.add_argument("--layout", choices=("msvd", "didemo"), default="msvd",
+                   help="msvd: one-event/two-event captions; didemo: paragraphs of moment descriptions in DiDeMo's "
+                        "format (read with --dataset didemo)")
+    s.add_argument("--described", type=events_range, default=None, metavar="MIN-MAX",
+                   help="didemo layout: moments described per video (default: every event)")
     s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_synth)

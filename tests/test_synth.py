@@ -170,3 +170,43 @@ def test_synth_cli_events(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         glccl(args + ["--events", "4-2"])
     assert e.value.code == 2 and "events per video" in capsys.readouterr().err
+
+
+def test_didemo_layout_writes_paragraph_queries_the_didemo_adapter_reads(tmp_path):
+    from glccl.data.manifest import build_manifest
+    from glccl.data.synth import _holds_in_order, event_text, generate
+
+    out = tmp_path / "dd"
+    s = generate(out, num_train=6, num_val=2, num_test=12, seed=3, size=32, fps=4, seconds=12.0, workers=1,
+                 events=(5, 7), layout="didemo", described=(2, 3))
+    assert s["params"]["layout"] == "didemo" and not (out / "captions.json").exists()
+    events = json.loads((out / "events.json").read_text())
+    moments = json.loads((out / "test_data.json").read_text())
+    assert (out / "test_list.txt").read_text().split() == [f"test{i:05d}.mp4" for i in range(12)]
+    table = build_manifest("didemo", out, "test", check_videos=True)
+    assert table.num_rows == 12  # one paragraph per video
+    seqs = {}
+    for vid, cap in zip(table["video_id"].to_pylist(), table["caption"].to_pylist()):
+        ev = events[vid.removesuffix(".mp4")]
+        mine = [m for m in moments if m["video"] == vid]
+        assert 2 <= len(mine) <= 3 and 5 <= len(ev) <= 7
+        idx = [int(m["annotation_id"].rsplit("-", 1)[1]) for m in mine]
+        assert idx == sorted(idx)  # described in the order they happen
+        assert cap == " ".join(event_text((ev[i]["colour"], ev[i]["shape"], ev[i]["direction"])) for i in idx)
+        for m, i in zip(mine, idx):  # DiDeMo's 5 s segment indices cover the event
+            assert m["times"] == [[int(ev[i]["start"] / 4 // 5), int(max(ev[i]["start"], ev[i]["end"] - 1) / 4 // 5)]]
+        seqs[vid] = [(ev[i]["colour"], ev[i]["shape"], ev[i]["direction"]) for i in idx]
+    for vid, seq in seqs.items():  # each paragraph matches its own video only
+        others = [o for o in seqs if o != vid]
+        held = [[(e["colour"], e["shape"], e["direction"]) for e in events[o.removesuffix(".mp4")]] for o in others]
+        assert not any(_holds_in_order(h, seq) for h in held), vid
+
+
+def test_synth_rejects_impossible_settings(tmp_path):
+    from glccl.data.synth import generate
+
+    for kwargs, needle in (({"num_train": -1}, "num_train"), ({"seconds": -1.0}, "seconds"),
+                           ({"layout": "vatex"}, "layout"), ({"layout": "didemo", "described": (3, 2)}, "min")):
+        with pytest.raises(ValueError, match=needle):
+            generate(tmp_path / "x", **{"num_train": 2, "num_val": 1, "num_test": 1, "size": 32, "workers": 1,
+                                        **kwargs})

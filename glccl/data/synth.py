@@ -17,7 +17,19 @@ Splits:
   (a single-event caption's event type occurs in no other video of the split; a two-event caption's ordered pair occurs
   in no other video). Chance text-to-video R@1 on a 100-video test split is therefore exactly 1 %.
 
-Output, in the MSVD annotation format (so the same adapter code path reads it)::
+DiDeMo layout (``layout="didemo"``, ``glccl data synth --layout didemo``): long multi-event videos described, as
+DiDeMo's annotators do, moment by moment. A video of N events (``events``) gets ``described`` (min, max) moment
+descriptions, one per event, of an ordered subset of its events (every event when ``described`` is None); the DiDeMo
+adapter joins them, in order, into the paragraph query. The longer the video, the smaller the share of it a paragraph
+describes. In ``val`` and ``test`` no other video of the split holds the described events in that order, so each
+paragraph matches its own video only. Written in DiDeMo's own format (LocalizingMoments)::
+
+    out_dir/{train,val,test}_data.json   [{"video": "<id>.mp4", "description": ..., "times": [[s, e]],
+                                           "annotation_id": k}, ...]  (times: 5 s segment indices, as DiDeMo's)
+    out_dir/{train,val,test}_list.txt    video file names
+    out_dir/videos/<id>.mp4, events.json, synth_meta.json  (as below)
+
+Output of the default layout, in the MSVD annotation format (so the same adapter code path reads it)::
 
     out_dir/captions.json          video id -> list of captions
     out_dir/{train,val,test}_list.txt
@@ -57,6 +69,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle", "cross")
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 SPLITS = ("train", "val", "test")
+LAYOUTS = ("msvd", "didemo")
 _SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
 
 Event = tuple[str, str, str]  # (colour, shape, direction)
@@ -159,6 +172,46 @@ def plan_eval(n: int, rng: np.random.Generator, p_single: float = 0.8,
         caps.append(cap)
         seen.update(ev)
     return [(v, [c]) for v, c in zip(videos, caps)]
+
+
+def _described(ev: list[Event], rng: np.random.Generator, described: tuple[int, int] | None) -> list[int]:
+    """Sorted indices of the events of ``ev`` that a paragraph describes (all of them when ``described`` is None)."""
+    if described is None:
+        return list(range(len(ev)))
+    m = int(rng.integers(described[0], min(described[1], len(ev)) + 1))
+    return sorted(int(i) for i in rng.choice(len(ev), size=m, replace=False))
+
+
+def _holds_in_order(events: list[Event], seq: list[Event]) -> bool:
+    """``seq`` occurs in ``events`` as an ordered (not necessarily contiguous) subsequence."""
+    it = iter(events)
+    return all(any(e == x for x in it) for e in seq)
+
+
+def plan_paragraphs(n: int, rng: np.random.Generator, events: tuple[int, int], described: tuple[int, int] | None,
+                    unique: bool) -> list[tuple[list[Event], list[int]]]:
+    """``n`` videos with the indices of their described events; ``unique``: no other video of the list holds a
+    video's described events in the same order (evaluation splits)."""
+    out: list[tuple[list[Event], list[int]]] = []
+    for _ in range(n):
+        for _attempt in range(10_000):
+            ev = _sample_events(rng, events=events)
+            idx = _described(ev, rng, described)
+            seq = [ev[i] for i in idx]
+            if unique and (any(_holds_in_order(v, seq) for v, _ in out)
+                           or any(_holds_in_order(ev, [v[i] for i in j]) for v, j in out)):
+                continue
+            break
+        else:  # pragma: no cover - the vocabulary is far larger than any split we make
+            raise RuntimeError(f"could not plan {n} uniquely described videos")
+        out.append((ev, idx))
+    return out
+
+
+def _segment(start: int, end: int, num_frames: int, fps: int) -> list[int]:
+    """DiDeMo's moment times: 5-second segment indices ``[first, last]`` covering frames ``[start, end)``."""
+    last = max(start, end - 1)
+    return [int(start / fps // 5), int(last / fps // 5)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -336,14 +389,25 @@ def _mp_context():
 def generate(out_dir: str | os.PathLike = "data/synth", *, num_train: int = 800, num_val: int = 100,
              num_test: int = 100, seed: int = 0, size: int = 96, fps: int = 10, seconds: float = 5.0,
              workers: int | None = None, p_single: float = 0.8, events: tuple[int, int] = DEFAULT_EVENTS,
+             layout: str = "msvd", described: tuple[int, int] | None = None,
              progress: Callable[[int], None] | None = None) -> dict:
     """Write the synthetic benchmark to ``out_dir`` (see the module docstring) and return a summary dict.
 
     ``out_dir`` must be empty, absent, or a previous output of this function (which is then replaced). ``events``:
     ``(min, max)`` events per video (inclusive; the default 2-4 gives the same files as before the option existed);
     every video has ``round(fps * seconds)`` frames (at least 4), which must be at least ``max`` (with fewer than 2
-    frames per event an event may get no frame).
+    frames per event an event may get no frame). ``layout``: ``msvd`` (default) or ``didemo`` (paragraphs of moment
+    descriptions in DiDeMo's format; ``described`` = (min, max) moments described per video, None: all).
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if described is not None:
+        described = check_events(described)
+    for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    if not seconds > 0 or fps < 1 or size < 8:
+        raise ValueError(f"need seconds > 0, fps >= 1 and size >= 8, got {seconds}, {fps}, {size}")
     per_video = check_events(events)
     num_frames = max(4, int(round(fps * seconds)))
     if num_frames < per_video[1]:
@@ -354,21 +418,30 @@ def generate(out_dir: str | os.PathLike = "data/synth", *, num_train: int = 800,
         if not (out / "synth_meta.json").is_file():
             raise FileExistsError(f"{out} is not empty and is not a synthetic benchmark: refusing to overwrite it")
         shutil.rmtree(out / "videos", ignore_errors=True)
-        for name in ("captions.json", "events.json", "synth_meta.json", *(f"{s}_list.txt" for s in SPLITS)):
+        for name in ("captions.json", "events.json", "synth_meta.json", *(f"{s}_list.txt" for s in SPLITS),
+                     *(f"{s}_data.json" for s in SPLITS)):
             (out / name).unlink(missing_ok=True)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     counts = {"train": num_train, "val": num_val, "test": num_test}
     plans: dict[str, list] = {}
+    described_idx: dict[str, list[list[int]]] = {}
     for split, n in counts.items():
         rng = np.random.default_rng([seed, _SPLIT_CODE[split]])
-        plans[split] = plan_train(n, rng, per_video) if split == "train" else plan_eval(n, rng, p_single, per_video)
+        if layout == "didemo":
+            planned = plan_paragraphs(n, rng, per_video, described, unique=split != "train")
+            plans[split] = [(ev, [[ev[i] for i in idx]]) for ev, idx in planned]
+            described_idx[split] = [idx for _, idx in planned]
+        else:
+            plans[split] = plan_train(n, rng, per_video) if split == "train" else plan_eval(n, rng, p_single,
+                                                                                             per_video)
     captions: dict[str, list[str]] = {}
     tasks = []
     for split, plan in plans.items():
         for i, (events, caps) in enumerate(plan):
             vid = f"{split}{i:05d}"
-            captions[vid] = [caption_text(c) for c in caps]
+            captions[vid] = [" ".join(event_text(e) for e in c) if layout == "didemo" else caption_text(c)
+                             for c in caps]
             vseed = np.random.SeedSequence([seed, _SPLIT_CODE[split], i, 7]).generate_state(2)
             tasks.append((vid, [list(e) for e in events], str(out / "videos" / f"{vid}.mp4"), size, fps, num_frames,
                           [int(x) for x in vseed]))
@@ -389,12 +462,21 @@ def generate(out_dir: str | os.PathLike = "data/synth", *, num_train: int = 800,
     events_out = {}
     for split, plan in plans.items():
         ids = [f"{split}{i:05d}" for i in range(len(plan))]
-        (out / f"{split}_list.txt").write_text("".join(v + "\n" for v in ids))
-        for vid, (events, _) in zip(ids, plan):
+        names = [f"{v}.mp4" for v in ids] if layout == "didemo" else ids
+        (out / f"{split}_list.txt").write_text("".join(v + "\n" for v in names))
+        moments = []
+        for k, (vid, (events, _)) in enumerate(zip(ids, plan)):
             bounds = results[vid][1]
             events_out[vid] = [{"colour": e[0], "shape": e[1], "direction": e[2], "start": bounds[j],
                                 "end": bounds[j + 1]} for j, e in enumerate(events)]
-    (out / "captions.json").write_text(json.dumps(captions, indent=1) + "\n")
+            if layout == "didemo":
+                moments += [{"video": f"{vid}.mp4", "description": event_text(events[j]),
+                             "times": [_segment(bounds[j], bounds[j + 1], num_frames, fps)],
+                             "annotation_id": f"{vid}-{j}"} for j in described_idx[split][k]]
+        if layout == "didemo":
+            (out / f"{split}_data.json").write_text(json.dumps(moments, indent=1) + "\n")
+    if layout == "msvd":
+        (out / "captions.json").write_text(json.dumps(captions, indent=1) + "\n")
     (out / "events.json").write_text(json.dumps(events_out, indent=1) + "\n")
     elapsed = time.perf_counter() - t0
     single_share = {}
@@ -410,9 +492,11 @@ def generate(out_dir: str | os.PathLike = "data/synth", *, num_train: int = 800,
         "seconds": round(elapsed, 2),
         "params": {"seed": seed, "size": size, "fps": fps, "seconds": seconds, "frames_per_video": num_frames,
                    "num_train": num_train, "num_val": num_val, "num_test": num_test, "p_single": p_single,
-                   "events": list(per_video)},
+                   "events": list(per_video), "layout": layout,
+                   "described": list(described) if described is not None else None},
         "vocabulary": {"colours": list(COLOURS), "shapes": list(SHAPES), "directions": list(DIRECTIONS)},
-        "format": "msvd (captions.json + {split}_list.txt + videos/<id>.mp4)",
+        "format": ("didemo ({split}_data.json + {split}_list.txt + videos/<id>.mp4)" if layout == "didemo"
+                   else "msvd (captions.json + {split}_list.txt + videos/<id>.mp4)"),
     }
     (out / "synth_meta.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
