@@ -106,7 +106,9 @@ class DataConfig:
     manifest: str | None = None
     """A prepared manifest parquet; built from ``root`` when None."""
     cache: str | None = None
-    """A parquet frame cache written by ``glccl data prepare``; training reads it instead of decoding."""
+    """A parquet frame cache written by ``glccl data prepare``; training reads it instead of decoding. Or a feature
+    cache written by ``glccl data features``: training then reads per-frame CLIP features and keeps the frame tower
+    that computed them (``model.pretrained``) frozen, training text tower + temporal encoder + head."""
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
@@ -178,6 +180,9 @@ class RunConfig:
     """MLflow experiment."""
     storage: str = "runs"
     """Folder for checkpoints, Ray results and the default MLflow store (made absolute at run time)."""
+    register_model: str = ""
+    """Register the run's best model in the MLflow model registry under this name (a new version per run); empty:
+    not registered (``glccl train --register NAME``)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -75,8 +75,20 @@ class GLCCL(nn.Module):
 
     def encode_video(self, frames: torch.Tensor, frame_mask: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """CLIP + temporal: video features ``[B, K, D]`` and frame_mask ``[B, K]`` bool (all True when None)."""
-        feats, frame_mask = clip_enc.encode_frames(self.clip, frames, frame_mask)
+        """CLIP + temporal: video features ``[B, K, D]`` and frame_mask ``[B, K]`` bool (all True when None).
+
+        ``frames``: pixels ``[B, K, 3, H, W]``, or per-frame CLIP features ``[B, K, D]`` computed beforehand by this
+        model's frame tower (a feature cache): only the temporal encoder then runs.
+        """
+        if frames.dim() == 3:
+            if frames.shape[-1] != self.embed_dim:
+                raise ValueError(f"frame features must be [B, K, {self.embed_dim}], got {tuple(frames.shape)}")
+            feats = frames.float()
+            if frame_mask is None:
+                frame_mask = torch.ones(frames.shape[:2], dtype=torch.bool, device=frames.device)
+            frame_mask = frame_mask.bool()
+        else:
+            feats, frame_mask = clip_enc.encode_frames(self.clip, frames, frame_mask)
         return self.temporal(feats, frame_mask), frame_mask
 
     # -- both ---------------------------------------------------------------------------------------------------------

@@ -63,9 +63,15 @@ def encoder_fingerprint(model) -> str:
 
     A gallery is valid for any model whose fingerprint matches: the head does not enter the gallery features.
     """
+    return weights_fingerprint({"visual": model.clip.visual, "temporal": model.temporal},
+                               f"dim={model.embed_dim};image={model.image_size}")
+
+
+def weights_fingerprint(modules: dict[str, torch.nn.Module], header: str = "") -> str:
+    """Hex digest of the weights and structure (names, dtypes, shapes, values) of ``modules``, after ``header``."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(f"dim={model.embed_dim};image={model.image_size}".encode())
-    for prefix, module in (("visual", model.clip.visual), ("temporal", model.temporal)):
+    h.update(header.encode())
+    for prefix, module in modules.items():
         for name, t in sorted(module.state_dict().items()):
             t = t.detach().to("cpu").contiguous()
             h.update(f"{prefix}.{name}:{t.dtype}:{tuple(t.shape)};".encode())
@@ -149,10 +155,12 @@ class Gallery:
         path = Path(path)
         if not path.is_file():
             raise GalleryError(f"gallery {path}: no such file (build one with `glccl search --build-gallery`)")
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # truncated/corrupt zip, not a torch file, ...
-            raise GalleryError(f"gallery {path} could not be read ({type(e).__name__}: {e})") from e
+        from glccl.safe_load import load_tensors
+
+        try:  # weights_only: a file carrying pickled code is refused, never run
+            blob = load_tensors(path, "gallery")
+        except ValueError as e:  # truncated/corrupt zip, not a torch file, pickled code, ...
+            raise GalleryError(str(e)) from None
         if not isinstance(blob, dict) or "format" not in blob:
             raise GalleryError(f"gallery {path} is not a glccl gallery (no format tag)")
         if blob["format"] != GALLERY_FORMAT:

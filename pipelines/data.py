@@ -53,11 +53,19 @@ PAIR_COLUMNS = ("frames", "frame_mask", "tokens", "video_index", "caption_index"
 VIDEO_COLUMNS = ("frames", "frame_mask", "video_index")
 
 
+class _NativeDtypes(dict):
+    """A dtypes mapping under which a column it does not name keeps its own dtype (Ray looks every column up)."""
+
+    def __missing__(self, key):
+        return None
+
+
 def torch_dtypes(mode: str = "pairs") -> dict:
-    """``dtypes`` for ``iter_torch_batches``."""
+    """``dtypes`` for ``iter_torch_batches``. ``frames`` keep their own dtype: uint8 pixels ``[K, S, S, 3]`` from videos
+    and frame caches, float32 features ``[K, D]`` from a feature cache."""
     import torch
 
-    d = {"frames": torch.uint8, "frame_mask": torch.bool, "video_index": torch.int64}
+    d = _NativeDtypes(frame_mask=torch.bool, video_index=torch.int64)
     if mode == "pairs":
         d.update(tokens=torch.int64, caption_index=torch.int64)
     return d
@@ -241,8 +249,10 @@ def _task_memory(batch_size: int, num_frames: int, size: int) -> int:
     return int(max(768 * 2**20, 8 * batch_size * num_frames * size * size * 3))
 
 
-def _empty(num_frames: int, size: int, pairs: bool, max_words: int) -> dict[str, np.ndarray]:
-    out = {"frames": np.zeros((0, num_frames, size, size, 3), np.uint8), "frame_mask": np.zeros((0, num_frames), bool),
+def _empty(num_frames: int, size: int, pairs: bool, max_words: int, feature_dim: int = 0) -> dict[str, np.ndarray]:
+    frames = (np.zeros((0, num_frames, feature_dim), np.float32) if feature_dim
+              else np.zeros((0, num_frames, size, size, 3), np.uint8))
+    out = {"frames": frames, "frame_mask": np.zeros((0, num_frames), bool),
            "video_index": np.zeros(0, np.int64)}
     if pairs:
         out["tokens"] = np.zeros((0, max_words), np.int64)
@@ -250,10 +260,11 @@ def _empty(num_frames: int, size: int, pairs: bool, max_words: int) -> dict[str,
     return out
 
 
-def _finish(batch, keep: list[int], frames: list, masks: list, num_frames: int, size: int, max_words: int):
+def _finish(batch, keep: list[int], frames: list, masks: list, num_frames: int, size: int, max_words: int,
+            feature_dim: int = 0):
     pairs = "tokens" in batch
     if not keep:
-        return _empty(num_frames, size, pairs, max_words)
+        return _empty(num_frames, size, pairs, max_words, feature_dim)
     out = {"frames": np.stack(frames), "frame_mask": np.stack(masks),
            "video_index": np.asarray(batch["video_index"], np.int64)[keep]}
     if pairs:  # tokenised on the driver (_items)
@@ -317,7 +328,8 @@ def _parquet_file(path: str) -> pq.ParquetFile:
 
 
 def read_cache_row(path: str, row_group: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """``(frames uint8 [M, S, S, 3], frame_index int64 [M], num_total)`` of one cached video."""
+    """``(frames, frame_index int64 [M], num_total)`` of one cached video: frames uint8 ``[M, S, S, 3]`` from a frame
+    cache, float32 ``[M, D]`` from a feature cache (rows of ``size`` 0 hold float16 features)."""
     return read_cache_rows(path, [row_group])[0]
 
 
@@ -331,8 +343,12 @@ def read_cache_rows(path: str, row_groups) -> list[tuple[np.ndarray, np.ndarray,
     rows = {}
     for i, rg in enumerate(unique):  # one row per row group (one video each)
         idx = np.asarray(frame_index[i], np.int64)
-        s = int(sizes[i])
-        rows[rg] = (np.frombuffer(frames[i].as_buffer(), np.uint8).reshape(len(idx), s, s, 3), idx, int(totals[i]))
+        s, buf = int(sizes[i]), frames[i].as_buffer()
+        if s == 0:  # a feature cache row: float16 [M, D]
+            arr = np.frombuffer(buf, np.float16).reshape(len(idx), -1).astype(np.float32)
+        else:
+            arr = np.frombuffer(buf, np.uint8).reshape(len(idx), s, s, 3)
+        rows[rg] = (arr, idx, int(totals[i]))
     return [rows[rg] for rg in wanted]
 
 
@@ -344,7 +360,8 @@ def frames_from_cache(frames: np.ndarray, frame_index: np.ndarray, num_total: in
     return pad_frames(frames[pos], num_frames)
 
 
-def _cache_batch(batch: dict, *, num_frames: int, size: int, train: bool, max_words: int, seed) -> dict:
+def _cache_batch(batch: dict, *, num_frames: int, size: int, train: bool, max_words: int, seed,
+                 feature_dim: int = 0) -> dict:
     rng = _rng(seed, batch)
     paths = [str(p) for p in batch["cache_file"]]
     groups = [int(rg) for rg in batch["cache_row_group"]]
@@ -357,7 +374,7 @@ def _cache_batch(batch: dict, *, num_frames: int, size: int, train: bool, max_wo
         f, m = frames_from_cache(*rows[key], num_frames, train, rng)
         frames.append(f)
         masks.append(m)
-    return _finish(batch, list(range(len(frames))), frames, masks, num_frames, size, max_words)
+    return _finish(batch, list(range(len(frames))), frames, masks, num_frames, size, max_words, feature_dim)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -391,10 +408,14 @@ def video_dataset(manifest, split: str, *, num_frames: int, size: int, train: bo
     if skip_log is None:
         skip_log = SkipLog(stage=f"stream {split}/{mode}")
     cache_dir = None
+    feature_dim = 0
     if cache is not None:
         cache_dir = Path(cache) / split
         meta = read_cache_meta(cache, split)
-        if meta["size"] != size:
+        feature_dim = int(meta.get("feature_dim") or 0)
+        if feature_dim:
+            pass  # per-frame features: the image size they were computed at is the tower's business
+        elif meta["size"] != size:
             raise ValueError(f"frame cache {cache_dir} holds {meta['size']}px frames, {size}px requested: prepare a "
                              f"cache at this size")
         if meta.get("num_frames") not in (None, num_frames):
@@ -432,7 +453,8 @@ def video_dataset(manifest, split: str, *, num_frames: int, size: int, train: bo
     if concurrency is not None:
         remote["concurrency"] = concurrency
     if cache_dir is not None:
-        ds = ds.map_batches(_cache_batch, batch_size=batch_size, batch_format="numpy", fn_kwargs=common, **remote)
+        ds = ds.map_batches(_cache_batch, batch_size=batch_size, batch_format="numpy",
+                            fn_kwargs={**common, "feature_dim": feature_dim}, **remote)
     else:
         ds = ds.map_batches(_decode_batch, batch_size=batch_size, batch_format="numpy",
                             fn_kwargs={**common, "decoder": decoder, "timeout_s": timeout_s, "strict": strict,
@@ -454,6 +476,53 @@ _CACHE_SCHEMA = pa.schema([
     ("frame_index", pa.list_(pa.int32())),
     ("frames", pa.binary()),
 ])
+
+
+class _CacheWriter:
+    """Writes cache rows (``_CACHE_SCHEMA``) into ``part-NNNNN.parquet`` files of ``rows_per_file`` videos, one row
+    group per video, and ``index.parquet`` on close."""
+
+    def __init__(self, folder: Path, rows_per_file: int):
+        self.folder, self.rows_per_file = folder, rows_per_file
+        self.writer, self.file_no, self.in_file, self.nbytes = None, -1, 0, 0
+        self.index = {"video_id": [], "video_index": [], "file": [], "row_group": [], "num_total": [],
+                      "num_cached": []}
+
+    def write(self, rows: pa.Table) -> int:
+        """Append rows; returns how many were written."""
+        rows = rows.select(_CACHE_SCHEMA.names).cast(_CACHE_SCHEMA)
+        n = rows.num_rows
+        lens = pc.list_value_length(rows["frame_index"]).to_pylist()
+        self.nbytes += int(pc.sum(pc.binary_length(rows["frames"])).as_py() or 0)
+        while rows.num_rows:
+            if self.writer is None or self.in_file >= self.rows_per_file:
+                if self.writer is not None:
+                    self.writer.close()
+                self.file_no += 1
+                self.in_file = 0
+                self.writer = pq.ParquetWriter(self.folder / f"part-{self.file_no:05d}.parquet", _CACHE_SCHEMA,
+                                               compression="zstd")
+            take = min(rows.num_rows, self.rows_per_file - self.in_file)
+            part = rows.slice(0, take)
+            self.writer.write_table(part, row_group_size=1)  # one row group per video: rows are read one by one
+            self.index["video_id"] += part["video_id"].to_pylist()
+            self.index["video_index"] += part["video_index"].to_pylist()
+            self.index["file"] += [f"part-{self.file_no:05d}.parquet"] * take
+            self.index["row_group"] += list(range(self.in_file, self.in_file + take))
+            self.index["num_total"] += part["num_total"].to_pylist()
+            self.index["num_cached"] += lens[:take]
+            lens = lens[take:]
+            rows = rows.slice(take)
+            self.in_file += take
+        return n
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        pq.write_table(pa.table(self.index, schema=pa.schema([
+            ("video_id", pa.string()), ("video_index", pa.int64()), ("file", pa.string()), ("row_group", pa.int64()),
+            ("num_total", pa.int64()), ("num_cached", pa.int64())])), self.folder / "index.parquet")
 
 
 def _prepare_batch(batch: dict, *, num_frames: int, size: int, decoder: str, timeout_s: float) -> pa.Table:
@@ -561,8 +630,7 @@ def _prepare_split(table, split, out: Path, *, m, num_frames, size, cache_factor
         from tqdm import tqdm
 
         bar = tqdm(total=n, desc=f"prepare {split}", unit="video", dynamic_ncols=True)
-    index = {"video_id": [], "video_index": [], "file": [], "row_group": [], "num_total": [], "num_cached": []}
-    writer, file_no, in_file, nbytes = None, -1, 0, 0
+    writer = _CacheWriter(tmp, rows_per_file)
     try:
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             ok = block["ok"].to_pylist()
@@ -573,45 +641,18 @@ def _prepare_split(table, split, out: Path, *, m, num_frames, size, cache_factor
                         report.skip(r["video_id"], r["reason"], r["detail"], r["video_path"])  # strict: raises
             rows = block.filter(block["ok"]).select(["video_id", "video_index", "num_total", "frame_index", "frames"])
             rows = rows.append_column("size", pa.array(np.full(rows.num_rows, size, np.int32)))
-            rows = rows.select(_CACHE_SCHEMA.names).cast(_CACHE_SCHEMA)
-            lens = pc.list_value_length(rows["frame_index"]).to_pylist()
-            nbytes += int(pc.sum(pc.binary_length(rows["frames"])).as_py() or 0)
-            while rows.num_rows:
-                if writer is None or in_file >= rows_per_file:
-                    if writer is not None:
-                        writer.close()
-                    file_no += 1
-                    in_file = 0
-                    writer = pq.ParquetWriter(tmp / f"part-{file_no:05d}.parquet", _CACHE_SCHEMA, compression="zstd")
-                take = min(rows.num_rows, rows_per_file - in_file)
-                part = rows.slice(0, take)
-                writer.write_table(part, row_group_size=1)  # one row group per video: rows are read one by one
-                index["video_id"] += part["video_id"].to_pylist()
-                index["video_index"] += part["video_index"].to_pylist()
-                index["file"] += [f"part-{file_no:05d}.parquet"] * take
-                index["row_group"] += list(range(in_file, in_file + take))
-                index["num_total"] += part["num_total"].to_pylist()
-                index["num_cached"] += lens[:take]
-                lens = lens[take:]
-                rows = rows.slice(take)
-                in_file += take
-                report.add_ok(take)
+            report.add_ok(writer.write(rows))
             if bar is not None:
                 bar.update(len(ok))
-        if writer is not None:
-            writer.close()
-            writer = None
+        writer.close()
     except BaseException:
-        if writer is not None:
-            writer.close()
+        writer.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         if bar is not None:
             bar.close()
-    pq.write_table(pa.table(index, schema=pa.schema([
-        ("video_id", pa.string()), ("video_index", pa.int64()), ("file", pa.string()), ("row_group", pa.int64()),
-        ("num_total", pa.int64()), ("num_cached", pa.int64())])), tmp / "index.parquet")
+    nbytes = writer.nbytes
     elapsed = time.perf_counter() - t0
     report.write(tmp / "skipped.json")
     meta = {"format": CACHE_FORMAT, "split": split, "num_frames": num_frames, "size": size,
@@ -625,3 +666,111 @@ def _prepare_split(table, split, out: Path, *, m, num_frames, size, cache_factor
             "seconds": round(elapsed, 2), "videos_per_s": round(n / elapsed, 2) if elapsed > 0 else None,
             "frame_bytes": nbytes, "report": str(final / "skipped.json"), "summary": report.summary(),
             "by_reason": report.by_reason()}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# feature cache: the frozen frame tower's per-frame features, computed once
+
+
+class _FrameTower:
+    """Ray Data actor: holds a CLIP visual tower and turns cached frames into float16 per-frame features."""
+
+    def __init__(self, preset: str, visual_state, threads: int = 1):
+        import ray
+        import torch
+
+        from glccl.encoders import clip as clip_enc
+
+        if isinstance(visual_state, ray.ObjectRef):  # the weights travel once through the object store
+            visual_state = ray.get(visual_state)
+
+        torch.set_num_threads(max(1, threads))
+        self.clip = clip_enc.build_clip(preset).eval()
+        self.clip.visual.load_state_dict(visual_state)
+        self.encode = clip_enc.encode_frames
+
+    def __call__(self, batch: dict) -> pa.Table:
+        import torch
+
+        paths = [str(p) for p in batch["cache_file"]]
+        groups = [int(rg) for rg in batch["cache_row_group"]]
+        out = {"video_id": [], "video_index": [], "num_total": [], "frame_index": [], "frames": [], "size": []}
+        with torch.no_grad():
+            for i, (path, rg) in enumerate(zip(paths, groups)):
+                frames, idx, total = read_cache_row(path, rg)
+                x = torch.from_numpy(np.ascontiguousarray(frames))[None].permute(0, 1, 4, 2, 3)  # [1, M, 3, S, S]
+                feats = self.encode(self.clip, x, None)[0][0].float()  # [M, D]
+                out["video_id"].append(str(batch["video_id"][i]))
+                out["video_index"].append(int(batch["video_index"][i]))
+                out["num_total"].append(total)
+                out["frame_index"].append(idx.astype(np.int32).tolist())
+                out["frames"].append(feats.numpy().astype(np.float16).tobytes())
+                out["size"].append(0)
+        return pa.table(out).select(_CACHE_SCHEMA.names).cast(_CACHE_SCHEMA)
+
+
+def tower_fingerprint(model) -> str:
+    """Hex digest of a model's frame tower (CLIP visual): a feature cache is valid for this tower only."""
+    from glccl.search import weights_fingerprint
+
+    return weights_fingerprint({"visual": model.clip.visual}, f"preset={model.preset};image={model.image_size}")
+
+
+def prepare_features(frame_cache: str | os.PathLike, splits, out_dir: str | os.PathLike, model, *,
+                     batch_size: int = 8, actors: int = 1, threads: int = 1, rows_per_file: int = 256) -> dict:
+    """Run ``model``'s frame tower (its CLIP visual, frozen) over every cached frame of ``splits`` of a frame cache and
+    write a feature cache under ``out_dir/<split>/``: the frame cache's layout, each row holding float16 ``[M, D]``
+    features of the same M frames, so training samples frames from it exactly as from the frame cache.
+
+    ``meta.json`` records the tower's fingerprint (:func:`tower_fingerprint`), preset and feature width; each split is
+    written to a temporary folder and moved into place when complete. Ray Data runs the tower in ``actors`` actors.
+    """
+    import ray
+
+    if isinstance(splits, str):
+        splits = [splits]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    visual_state = {k: v.detach().cpu() for k, v in model.clip.visual.state_dict().items()}
+    fingerprint = tower_fingerprint(model)
+    summary: dict = {"out_dir": str(out), "splits": {}}
+    for split in splits:
+        t0 = time.perf_counter()
+        src = read_cache_meta(frame_cache, split)
+        if src.get("feature_dim"):
+            raise ValueError(f"{Path(frame_cache) / split} is already a feature cache: give a frame cache")
+        if src["size"] != model.image_size:
+            raise ValueError(f"frame cache {Path(frame_cache) / split} holds {src['size']}px frames; the frame tower "
+                             f"takes {model.image_size}px")
+        index = pq.read_table(Path(frame_cache) / split / "index.parquet")
+        items = pa.table({"video_id": index["video_id"], "video_index": index["video_index"],
+                          "cache_file": pa.array([str(Path(frame_cache) / split / f) for f in
+                                                  index["file"].to_pylist()]),
+                          "cache_row_group": index["row_group"]})
+        tmp = out / f".{split}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        ds = ray.data.from_arrow(_blocks(items, batch_size)).map_batches(
+            _FrameTower, fn_constructor_args=(model.preset, ray.put(visual_state), threads),
+            batch_size=batch_size, batch_format="numpy", num_cpus=threads, concurrency=actors)
+        writer = _CacheWriter(tmp, rows_per_file)
+        try:
+            written = sum(writer.write(b) for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+            writer.close()
+        except BaseException:
+            writer.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        dim = model.embed_dim
+        meta = {**src, "feature_dim": dim, "feature_dtype": "float16", "tower": {"preset": model.preset,
+                "fingerprint": fingerprint, "image_size": model.image_size}, "videos": written,
+                "frame_bytes": writer.nbytes, "seconds": round(time.perf_counter() - t0, 2),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "source": str(Path(frame_cache) / split)}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+        skipped = Path(frame_cache) / split / "skipped.json"
+        if skipped.is_file():
+            shutil.copyfile(skipped, tmp / "skipped.json")
+        shutil.rmtree(out / split, ignore_errors=True)
+        os.replace(tmp, out / split)
+        summary["splits"][split] = {"videos": written, "seconds": meta["seconds"], "bytes": writer.nbytes}
+    return summary

@@ -257,7 +257,55 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", default=None, help="an existing Ray cluster to use instead of a private local one")
     bad_input_args(r)
     r.set_defaults(fn=cmd_prepare)
+
+    f = sub.add_parser("features", help="a frozen frame tower's per-frame features, computed once into a feature "
+                                        "cache (Ray Data); train from it with data.cache=OUT")
+    f.add_argument("--config", required=True, help="the run config: its model (model.pretrained = the tower's "
+                                                   "weights) and its frame cache (data.cache)")
+    f.add_argument("--out", required=True, help="feature cache folder")
+    f.add_argument("--split", action="append", help="split(s) (repeatable; default: the config's train/val/test)")
+    f.add_argument("--actors", type=int, default=1, help="frame-tower actors")
+    f.add_argument("--threads", type=int, default=1, help="torch threads (and CPUs) per actor")
+    f.add_argument("--num-cpus", type=int, default=None, help="CPUs of the private local Ray (default: all)")
+    f.add_argument("--quiet", action="store_true")
+    f.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    f.set_defaults(fn=cmd_features)
     return p
+
+
+def cmd_features(args) -> int:
+    from glccl.config import load_config
+    from glccl.model import create_model_from_config
+
+    cfg = load_config(args.config, args.overrides)
+    dc = cfg.data
+    if not dc.cache:
+        print("glccl data features: the config has no frame cache (set data.cache to one written by "
+              "`glccl data prepare`)", file=sys.stderr)
+        return 2
+    splits = args.split or list(dict.fromkeys([dc.train_split, dc.val_split, dc.test_split]))
+    if Path(args.out).resolve() == Path(dc.cache).resolve():
+        print("glccl data features: --out must differ from the frame cache data.cache", file=sys.stderr)
+        return 2
+    model = create_model_from_config(cfg.model).eval()
+    from pipelines import data as D
+
+    for split in splits:
+        D.read_cache_meta(dc.cache, split)  # a missing split is named before Ray starts
+    tmp = D.start_local_ray(num_cpus=args.num_cpus)
+    t0 = time.perf_counter()
+    try:
+        s = D.prepare_features(dc.cache, splits, args.out, model, actors=args.actors, threads=args.threads)
+    finally:
+        if tmp is not None:
+            D.stop_local_ray(tmp)
+    n = sum(v["videos"] for v in s["splits"].values())
+    _summary("glccl data features", n, 0, time.perf_counter() - t0, "videos", {
+        "output": s["out_dir"],
+        "tower": f"{cfg.model.preset} ({cfg.model.pretrained or 'random init'})",
+        **{k: f"{v['videos']} videos, {v['bytes'] / 2**20:.1f} MiB, {v['seconds']} s" for k, v in s["splits"].items()},
+    })
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     except BadInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (DataError, FileNotFoundError, FileExistsError, ValueError) as e:
+    except (DataError, FileNotFoundError, FileExistsError, ValueError) as e:  # ConfigError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -93,7 +93,8 @@ def prepare_data(cfg: RunConfig, storage: Path) -> dict[str, Any]:
     data_ctx.print_on_execution_start = False
     manifest = ensure_manifest(cfg.data, storage / cfg.name)
     dc = cfg.data
-    if dc.cache:
+    features = bool(dc.cache) and check_feature_cache(cfg)
+    if dc.cache and not features:
         ensure_cache(dc, manifest, cfg.model.num_frames, _image_size(cfg))
     common = dict(num_frames=cfg.model.num_frames, size=_image_size(cfg), max_words=cfg.model.max_words,
                   decoder=dc.decoder, cache=dc.cache, num_cpus=dc.decode_cpus, timeout_s=dc.decode_timeout_s,
@@ -109,7 +110,34 @@ def prepare_data(cfg: RunConfig, storage: Path) -> dict[str, Any]:
         texts[key] = {"tokens": tokens.numpy(), "text_to_video": t2v.numpy(), "captions": captions,
                       "video_ids": video_ids}
     num_pairs = len(pdata.split_items(manifest, dc.train_split)["captions"])
-    return {"datasets": datasets, "texts": texts, "num_train_pairs": num_pairs, "manifest": str(manifest)}
+    return {"datasets": datasets, "texts": texts, "num_train_pairs": num_pairs, "manifest": str(manifest),
+            "frozen_tower": features}
+
+
+def check_feature_cache(cfg: RunConfig) -> bool:
+    """Whether ``data.cache`` is a feature cache (``glccl data features``); if so, that every split of the run has one
+    and that it was computed by this run's frame tower (``model.pretrained``), else ``ConfigError`` naming the key."""
+    from pipelines import data as pdata
+
+    dc = cfg.data
+    splits = list(dict.fromkeys([dc.train_split, dc.val_split, dc.test_split]))
+    metas = {s: pdata.read_cache_meta(dc.cache, s) for s in splits if (Path(dc.cache) / s / "meta.json").is_file()}
+    kinds = {s: bool(m.get("feature_dim")) for s, m in metas.items()}
+    if not any(kinds.values()):
+        return False
+    if len(metas) < len(splits) or not all(kinds.values()):
+        missing = [s for s in splits if not kinds.get(s)]
+        raise ConfigError(f"config key 'data.cache': {dc.cache} is a feature cache without features for split(s) "
+                          f"{', '.join(missing)}: run `glccl data features` for them")
+    from glccl.model import create_model_from_config
+
+    tower = pdata.tower_fingerprint(create_model_from_config(cfg.model))
+    for split, meta in metas.items():
+        if meta["tower"]["fingerprint"] != tower:
+            raise ConfigError(f"config key 'model.pretrained': the feature cache {Path(dc.cache) / split} was computed "
+                              f"by another frame tower (preset {meta['tower']['preset']}); set model.pretrained to the "
+                              f"checkpoint the features were computed with")
+    return True
 
 
 def _image_size(cfg: RunConfig) -> int:
@@ -210,6 +238,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     random.seed(tc.seed + rank)
 
     model = create_model_from_config(cfg.model).to(device)
+    if config.get("frozen_tower"):  # trained from a feature cache: the frame tower that computed it stays fixed
+        model.clip.visual.requires_grad_(False)
     loss_fn = loss_from_config(engine.unwrap(model).head, cfg.loss)
     local_bs = tc.batch_size // world
     steps_per_epoch = max(1, config["num_train_pairs"] // tc.batch_size)
@@ -469,7 +499,8 @@ def run(cfg: RunConfig, address: str | None = None, extra_tags: dict[str, str] |
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"cfg": to_dict(cfg), "run_id": run_id, "tracking_uri": uri,
-                               "texts": data["texts"], "num_train_pairs": data["num_train_pairs"], "fault": fault},
+                               "texts": data["texts"], "num_train_pairs": data["num_train_pairs"],
+                               "frozen_tower": data["frozen_tower"], "fault": fault},
             scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                                    resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
             run_config=ray.train.RunConfig(

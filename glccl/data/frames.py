@@ -73,7 +73,8 @@ def resize_shape(width: int, height: int, size: int) -> tuple[int, int]:
 
 
 def pad_frames(frames: np.ndarray, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pad ``[n, H, W, 3]`` with zero frames to ``[K, H, W, 3]``; mask True on real frames."""
+    """Pad ``[n, ...]`` (frames ``[n, H, W, 3]`` or features ``[n, D]``) with zeros to ``[K, ...]``; mask True on real
+    frames."""
     n = len(frames)
     if n > num_frames:
         raise ValueError(f"{n} frames > num_frames={num_frames}")
@@ -81,7 +82,7 @@ def pad_frames(frames: np.ndarray, num_frames: int) -> tuple[np.ndarray, np.ndar
     mask[:n] = True
     if n == num_frames:
         return np.ascontiguousarray(frames), mask
-    out = np.zeros((num_frames, *frames.shape[1:]), dtype=np.uint8)
+    out = np.zeros((num_frames, *frames.shape[1:]), dtype=frames.dtype)
     out[:n] = frames
     return out, mask
 
