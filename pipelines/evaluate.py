@@ -4,7 +4,8 @@
     glccl eval --checkpoint runs/demo-glccl/best_model.pt --split val data.root=data/other
     glccl eval --checkpoint CKPT --json metrics.json
 
-A checkpoint is the ``best_model.pt`` a training run writes next to its checkpoints ({"model", "config"}).
+A checkpoint is the ``best_model.pt`` a training run writes next to its checkpoints ({"model", "config"}). It is read
+with ``weights_only=True`` (``glccl.safe_load``): a file that carries pickled code is refused, and its code never runs.
 """
 
 from __future__ import annotations
@@ -21,16 +22,13 @@ from glccl.config import ConfigError, RunConfig, load_config
 
 
 def load_checkpoint(path: str | Path, overrides: list[str] | None = None):
-    """Return (model, cfg) from a ``best_model.pt``; a missing or wrong file is a clear error."""
+    """Return (model, cfg) from a ``best_model.pt``; a missing, wrong or unsafe file is a one-line error
+    (FileNotFoundError, or ValueError: unreadable, not a checkpoint, or refused for carrying pickled code)."""
     from glccl.model import create_model_from_config
+    from glccl.safe_load import load_tensors
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"checkpoint {path} could not be read: {e}") from e
+    blob = load_tensors(path, "checkpoint")
     if not isinstance(blob, dict) or "model" not in blob or "config" not in blob:
         raise ValueError(f"checkpoint {path} is not a glccl model checkpoint (expected keys 'model' and 'config')")
     cfg = load_config(blob["config"], overrides)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from glccl.config import ConfigError, RunConfig, flatten, load_config, to_dict
+from glccl.safe_load import load_tensors
 from pipelines import tracking
 
 CKPT_STATE = "state.pt"
@@ -151,12 +152,18 @@ def _image_size(cfg: RunConfig) -> int:
 
 
 def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The RNG states as tensors and plain values only (a checkpoint loads with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {"bit_generator": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["bit_generator"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     random.setstate(state["python"])
 
 
@@ -255,8 +262,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / CKPT_STATE, map_location="cpu", weights_only=False)
-            best_state = torch.load(Path(d) / CKPT_BEST, map_location="cpu", weights_only=False)
+            state = load_tensors(Path(d) / CKPT_STATE, "training checkpoint")  # weights_only: no pickled code
+            best_state = load_tensors(Path(d) / CKPT_BEST, "training checkpoint")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -534,23 +541,24 @@ def run(cfg: RunConfig, address: str | None = None, extra_tags: dict[str, str] |
 
 
 def _log_best_model(cfg: RunConfig, logger: tracking.RunLogger, checkpoint) -> None:
-    """Log the best-on-validation weights as an MLflow model, and keep a plain copy next to the run's checkpoints."""
+    """Log the best-on-validation weights as an MLflow model (safetensors + JSON config, no pickle:
+    ``pipelines.mlflow_model``), and keep a plain copy next to the run's checkpoints."""
     import mlflow
 
     from glccl.model import create_model_from_config
+    from pipelines import mlflow_model
 
     with checkpoint.as_directory() as d:
-        best = torch.load(Path(d) / CKPT_BEST, map_location="cpu", weights_only=False)
+        best = load_tensors(Path(d) / CKPT_BEST, "training checkpoint")
         dest = Path(cfg.storage).resolve() / cfg.name / "best_model.pt"
         dest.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"model": best, "config": to_dict(cfg)}, dest)
-    model = create_model_from_config(cfg.model)
-    model.load_state_dict(best)
+    create_model_from_config(cfg.model).load_state_dict(best)  # the weights fit the config before they are logged
     with tracking.fluent_uri(logger.uri), mlflow.start_run(run_id=logger.run_id):
-        # pickle format (pt2 needs an input example to trace); explicit requirements skip MLflow's slow inference
-        mlflow.pytorch.log_model(model, name="best_model", serialization_format="pickle",
-                                 pip_requirements=["glccl", "torch==2.13.0", "open_clip_torch==3.3.0"])
+        # explicit requirements skip MLflow's slow inference
+        info = mlflow_model.log_model(best, to_dict(cfg), ["glccl", "torch==2.13.0", "open_clip_torch==3.3.0"])
     logger.tag("glccl.best_model_path", str(dest))
+    logger.tag("glccl.best_model_uri", info.model_uri)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

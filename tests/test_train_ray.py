@@ -153,3 +153,20 @@ def test_eval_cli_reproduces_test_metrics(baseline, tmp_path):
     for key in ("t2v/R@1", "t2v/R@5", "t2v/MnR", "v2t/R@1", "v2t/MnR"):
         assert got[key] == pytest.approx(out["metrics"][f"test/{key}"], abs=1e-4), key
     assert evaluate.main(["--checkpoint", str(tmp_path / "missing.pt")]) == 2
+
+
+def test_logged_model_is_the_best_checkpoint_without_pickle(baseline):
+    """The run's MLflow model (safetensors + JSON config) holds the same weights and config as its best_model.pt."""
+    import torch
+
+    from glccl.config import load_config
+    from glccl.safe_load import load_tensors
+    from pipelines.mlflow_model import load_model
+
+    cfg, out = baseline
+    uri = _client(out["tracking_uri"]).get_run(out["run_id"]).data.tags["glccl.best_model_uri"]
+    model, logged_cfg = load_model(uri, tracking_uri=out["tracking_uri"])
+    best = load_tensors(cfg.storage + f"/{cfg.name}/best_model.pt", "checkpoint")
+    assert logged_cfg == load_config(best["config"])
+    for key, value in best["model"].items():
+        assert torch.equal(model.state_dict()[key], value), key
