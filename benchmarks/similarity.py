@@ -255,9 +255,10 @@ def fit_extrapolate(points: list[tuple[int, float]], n: int) -> tuple[float, flo
 
 
 @torch.no_grad()
-def measure(method: str, shape_name: str, n: int, device: str = "cpu", dtype: str = "fp32", reps: int = 3,
+def measure(method: str, shape_name: str | dict, n: int, device: str = "cpu", dtype: str = "fp32", reps: int = 3,
             max_run_s: float = 10.0, threads: int | None = None, rate_s: float = 1.0, full_memory: bool = False) -> dict:
-    """Time, CPU time and peak memory of one method at one shape (call it in a fresh process for clean memory).
+    """Time, CPU time and peak memory of one method at one shape (a name of ``SHAPES`` or a ``{K, Nw, D}`` mapping;
+    call it in a fresh process for clean memory).
 
     The full ``n x n`` problem is timed when a probe predicts it fits ``max_run_s``; otherwise an ``m x m`` sub-problem
     (first m texts, first m videos) sized to about ``max_run_s`` is timed, plus one ``m/2 x m/2`` run, and the time
@@ -265,7 +266,9 @@ def measure(method: str, shape_name: str, n: int, device: str = "cpu", dtype: st
     ``full_memory``: peak memory from one extra run at the full ``n x n`` even then (its time is reported too).
     """
     dev, dt = _configure(device, dtype, threads)
-    shape = SHAPES[shape_name]
+    shape = SHAPES[shape_name] if isinstance(shape_name, str) else dict(shape_name)
+    if not isinstance(shape_name, str):
+        shape_name = f"K{shape['K']}-Nw{shape['Nw']}-D{shape['D']}"
     text, video = make_features(n, shape, dev, dt)
     fn = scoring_fn(method, shape, dev, dt)
 

@@ -12,11 +12,13 @@ import sys
 # command -> (module, one-line help). Modules expose main(argv: list[str]) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pipelines.demo", "run the main job on the embedded default (synthetic videos, tiny model, local Ray)"),
-    "data": ("pipelines.data_cli", "synth | manifest | prepare: build data sets, manifests and frame caches"),
+    "data": ("pipelines.data_cli", "synth | manifest | prepare | features: data sets, manifests, frame and "
+                                   "feature caches"),
     "train": ("pipelines.train", "train a model with Ray Train, tracked in MLflow"),
     "eval": ("pipelines.evaluate", "evaluate a checkpoint"),
     "search": ("pipelines.search", "text -> top-k videos over a precomputed gallery"),
     "sweep": ("sweeps.tune", "run or resume a Ray Tune sweep"),
+    "report": ("pipelines.report", "a sweep's trials with intervals, paired differences and cost, from MLflow"),
     "ui": ("pipelines.ui", "start the MLflow UI over the project's tracking store"),
     "runs": ("pipelines.ui", "print the top runs of an experiment or sweep"),
     "heads": ("pipelines.heads_cli", "list the similarity heads"),

@@ -33,6 +33,7 @@ import torch
 from glccl.config import ConfigError, RunConfig, flatten, load_config, to_dict
 from glccl.safe_load import load_tensors
 from pipelines import tracking
+from pipelines.report import RANKS_ARTIFACT
 
 CKPT_STATE = "state.pt"
 CKPT_BEST = "best_model.pt"
@@ -388,7 +389,7 @@ def _log_test_artifacts(logger: tracking.RunLogger, test: dict[str, float], info
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from glccl.metrics import recall_at_k_curve
+    from glccl.metrics import recall_at_k_curve, retrieval_ranks
 
     logger.table({"metric": list(test), "value": [float(v) for v in test.values()]}, "metrics/test_metrics.json")
     sim, t2v, vindex = info["sim"], info["t2v"], info["video_index"]
@@ -408,6 +409,10 @@ def _log_test_artifacts(logger: tracking.RunLogger, test: dict[str, float], info
             rows["score"].append(float(score))
             rows["correct"].append(bool(col == int(t2v[q])))
     logger.table(rows, "retrievals/test_top5.json")
+    # every query's 0-based rank of its correct item: what intervals over test queries (glccl report) resample
+    t2v_ranks, v2t_ranks = retrieval_ranks(sim, t2v)
+    logger.text(json.dumps({"t2v": t2v_ranks.tolist(), "v2t": v2t_ranks.tolist(),
+                            "video_ids": [video_ids[int(v)] for v in vindex.tolist()]}), RANKS_ARTIFACT)
     ks = [1, 2, 3, 5, 10, 20, 50]
     curve = recall_at_k_curve(sim, t2v, ks)
     fig, ax = plt.subplots(figsize=(5, 3.5))

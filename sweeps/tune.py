@@ -63,7 +63,12 @@ class SweepConfig:
     def run_config(self, values: dict[str, Any] | None = None, name: str | None = None) -> RunConfig:
         data = _deepcopy(self.base)
         for key, value in (values or {}).items():
-            set_dotted(data, key, value)
+            if isinstance(value, dict):  # a bundle: several config keys set together, under one label
+                for k, v in value.items():
+                    if k != "label":
+                        set_dotted(data, k, v)
+            else:
+                set_dotted(data, key, value)
         if name:
             data["name"] = name
         return from_dict(RunConfig, data)
@@ -106,9 +111,20 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepCon
         raise ConfigError(f"{where}: key 'space' is empty: give at least one dotted config key to search over")
     known = set(flatten(to_dict(base_cfg)))
     for key, spec in space.items():
-        if key not in known:
-            raise ConfigError(f"{where}: space key '{key}' is not a config key (e.g. loss.eta, train.lr, model.num_frames)")
         _check_dist(where, key, spec)
+        if key in known:
+            continue
+        bundles = spec["values"] if spec["type"] in ("grid", "choice") else None
+        if not bundles or not all(isinstance(b, dict) for b in bundles):
+            raise ConfigError(f"{where}: space key '{key}' is not a config key (e.g. loss.eta, train.lr, "
+                              f"model.num_frames) nor a grid/choice of bundles (mappings of config keys)")
+        for b in bundles:
+            if not isinstance(b.get("label"), str) or not b["label"]:
+                raise ConfigError(f"{where}: every bundle of space key '{key}' needs a 'label' string")
+            bad = sorted(k for k in b if k != "label" and not _is_config_key(k, known))
+            if bad:
+                raise ConfigError(f"{where}: bundle '{b['label']}' of space key '{key}' sets '{bad[0]}', which is not "
+                                  f"a config key")
     sweep = SweepConfig(name=str(raw["name"]), base=to_dict(base_cfg), space=space, source=str(path.resolve()),
                         **{k: raw[k] for k in ("metric", "mode", "samples", "time_budget_s", "scheduler", "search",
                                                "max_concurrent") if k in raw})
@@ -128,6 +144,16 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepCon
             except ConfigError as e:
                 raise ConfigError(f"{where}: space key '{key}' can produce an invalid value {value!r}: {e}") from e
     return sweep
+
+
+def _is_config_key(key: str, known: set[str]) -> bool:
+    """A flattened config key, or a key under a mapping-valued one (``model.head_args.temperature``)."""
+    return key in known or any(key.startswith(k + ".") for k in ("model.head_args",))
+
+
+def value_label(value: Any) -> str:
+    """How a sampled value is named in tags and tables: a bundle by its label, anything else as itself."""
+    return str(value["label"]) if isinstance(value, dict) else str(value)
 
 
 def _check_dist(where: str, key: str, spec: Any) -> None:
@@ -177,7 +203,8 @@ def tune_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _trial(values: dict[str, Any], sweep: dict[str, Any], parent_run_id: str, workdir: str | None = None) -> None:
+def _trial(values: dict[str, Any], sweep: dict[str, Any], parent_run_id: str, workdir: str | None = None,
+           source: dict[str, str] | None = None) -> None:
     """One trial: a TorchTrainer run named after the trial id, reporting to Tune and to its MLflow child run.
 
     Tune starts each trial inside its own trial directory; relative paths of the config (``storage: runs``,
@@ -191,13 +218,17 @@ def _trial(values: dict[str, Any], sweep: dict[str, Any], parent_run_id: str, wo
 
     if workdir and os.path.isdir(workdir):
         os.chdir(workdir)
+    if source:  # a trial runs in a Ray worker: its run records the sweep driver's entry point, command and commit
+        from pipelines import provenance
+
+        provenance.use_source_tags(source)
 
     sc = SweepConfig(**sweep)
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = sc.run_config(values, name=f"{sc.name}-{trial_id}")
     train.run(cfg, parent_run_id=parent_run_id, callbacks=[TuneReportCallback()],
               extra_tags={"glccl.sweep": sc.name, "glccl.trial_id": trial_id,
-                          **{f"sweep.{k}": str(v) for k, v in values.items()}})
+                          **{f"sweep.{k}": value_label(v) for k, v in values.items()}})
 
 
 def trial_cpus(cfg: RunConfig) -> float:
@@ -217,12 +248,13 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, resume: bool = Fal
     import ray
     from ray import tune
 
-    from pipelines import tracking
+    from pipelines import console, provenance, tracking
     from pipelines.train import init_ray
 
     base = sweep.run_config()
     storage = Path(base.storage).resolve()
     tdir = sweep_dir(storage, sweep.name)
+    console.use_run_folder(tdir)  # the trials' output and Ray's and MLflow's logs: <sweep folder>/run.log
     need = trial_cpus(base)
     init_ray(address, num_cpus=max(2, int(math.ceil(need)) + 1))
     uri = tracking.default_tracking_uri(storage)
@@ -238,7 +270,7 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, resume: bool = Fal
     trainable = tune.with_resources(
         # the trial function only drives its TorchTrainer: a token CPU share (Tune refuses an empty request)
         tune.with_parameters(_trial, sweep=dataclasses.asdict(sweep), parent_run_id=parent_id,
-                             workdir=os.getcwd()), {"CPU": 0.01})
+                             workdir=os.getcwd(), source=provenance.source_tags()), {"CPU": 0.01})
     # mid-epoch checkpoint reports have no validation metric yet; the schedulers skip such results
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     status = "FAILED"
@@ -365,7 +397,9 @@ def _summarise(grid, sweep: SweepConfig, parent) -> dict[str, Any]:
     if keys and metric_col:
         fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
         for ax, key in zip(axes[0], keys):
-            ax.scatter(df[key], df[metric_col])
+            d = df[[key, metric_col]].dropna()  # trials stopped before reporting the metric have none
+            x = d[key].astype(str) if d[key].dtype == object else d[key]
+            ax.scatter(x, d[metric_col])
             ax.set_xlabel(key.removeprefix("config/"))
             ax.set_ylabel(sweep.metric)
             if sweep.space[key.removeprefix("config/")]["type"] == "loguniform":
@@ -384,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage", default="runs", help="with --resume: the runs/ folder of the sweep")
     p.add_argument("--address", default=None)
     p.add_argument("overrides", nargs="*", help="sweep keys (samples=6) or base config keys (base.train.epochs=2)")
+    from pipelines import console
+
+    console.add_verbose_flag(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if args.resume:
@@ -396,9 +433,33 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"glccl sweep: {e}", file=sys.stderr)
         return 2
-    out = run_sweep(sweep, address=args.address, resume=bool(args.resume))
-    print(json.dumps(out, indent=1, default=str))
+    # the console shows Tune's table of trials; the trials' own output goes to the sweep's log file
+    with console.session(verbose=args.verbose, draw_events=False):
+        out = run_sweep(sweep, address=args.address, resume=bool(args.resume))
+        console.say(summary_text(sweep, out))
     return 0
+
+
+def summary_text(sweep: SweepConfig, out: dict[str, Any]) -> str:
+    """The sweep's closing lines: the best trial's values and metrics."""
+    from pipelines import console
+
+    lines = [f"[glccl] sweep {sweep.name}: {out['trials']} trials, best by {sweep.metric} ({sweep.mode})"]
+    if not out.get("best_config"):
+        return lines[0] + ": no trial reported it"
+    metrics = out.get("best_metrics") or {}
+    width = max(len(k) for k in [*out["best_config"], sweep.metric])
+    for k, v in out["best_config"].items():
+        shown = v.get("label", v) if isinstance(v, dict) else (f"{v:.4g}" if isinstance(v, float) else v)
+        lines.append(f"  {k:<{width}}  {shown}")
+    value = metrics.get(sweep.metric)
+    if value is None and sweep.metric == "val/t2v/R@1":  # the last report holds the test metrics and the best val
+        value = metrics.get("best_val")
+    if value is not None:
+        lines.append(f"  {sweep.metric:<{width}}  {value:.1f}")
+    if any(k.startswith("test/") for k in metrics):
+        lines += ["best trial, test split:", console.metrics_table(metrics, prefix="test/")]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
