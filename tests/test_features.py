@@ -8,9 +8,29 @@ import numpy as np
 import pytest
 import torch
 
-pytestmark = [pytest.mark.ray]
-
 K, SIZE = 4, 32
+
+
+def test_a_step_on_features_equals_the_step_on_pixels():
+    """What training from a feature cache computes: the same losses as the pixel step, the tower run beforehand."""
+    from glccl import engine
+    from glccl.losses import build_loss
+    from glccl.model import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny-rn", head="glscl", num_frames=3, max_words=8).eval()  # glscl: has aux_losses
+    g = torch.Generator().manual_seed(1)
+    frames = torch.randint(0, 256, (2, 3, model.image_size, model.image_size, 3), generator=g, dtype=torch.uint8)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    tokens = model.tokenize(["a red circle", "a blue square moves"])
+    loss_fn = build_loss(model.head)
+    with torch.no_grad():
+        want = engine.compute_losses(model, loss_fn, {"tokens": tokens, "frames": frames, "frame_mask": mask})
+        feats = model.encode_frames(engine.channels_first(frames), mask)
+        got = engine.compute_losses(model, loss_fn, {"tokens": tokens, "frames": feats, "frame_mask": mask})
+    assert set(got) == set(want) and any(k.startswith("aux/") for k in got)
+    for k in want:
+        assert float(got[k]) == pytest.approx(float(want[k]), rel=1e-5, abs=1e-6), k
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +51,7 @@ def feature_setup(ray_session, tiny_synth, tmp_path_factory):
     return root, tower, ckpt
 
 
+@pytest.mark.ray
 def test_feature_cache_holds_the_towers_features_of_the_cached_frames(feature_setup):
     from pipelines import data as pdata
 
@@ -51,6 +72,7 @@ def test_feature_cache_holds_the_towers_features_of_the_cached_frames(feature_se
     np.testing.assert_allclose(feats, ref.numpy(), rtol=2e-3, atol=2e-3)  # float16 storage
 
 
+@pytest.mark.ray
 def test_train_from_features_through_the_ordinary_run(feature_setup, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -82,6 +104,7 @@ def _initial(ckpt, cfg):
     return create_model_from_config(cfg.model).state_dict()
 
 
+@pytest.mark.ray
 def test_a_feature_cache_of_another_tower_is_refused_before_training(feature_setup, tmp_path):
     from glccl.config import ConfigError, load_config
     from pipelines.train import check_feature_cache
