@@ -266,15 +266,8 @@ def plots(analysis: dict[str, Any], cost: dict[str, dict], out_dir: Path) -> lis
             hi.append(c["ci"][1] - c["mean"])
         ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=head)
     ax.set_xticks(range(len(groups)), groups)
-    ax.set_xlabel("video length")
-    ax.set_ylabel("test t2v R@1 (%)")
-    ax.legend(fontsize=8)
-    ax.grid(True, alpha=0.3)
-    ax.set_title("accuracy vs length (95 % intervals)")
-    paths.append(out_dir / "accuracy_vs_length.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_finish(plt, fig, ax, "video length", "accuracy vs length (95 % intervals)",
+                         out_dir / "accuracy_vs_length.png"))
     fig, ax = plt.subplots(figsize=(6, 4))
     for head in heads:
         xs, ys = [], []
@@ -288,16 +281,22 @@ def plots(analysis: dict[str, Any], cost: dict[str, dict], out_dir: Path) -> lis
         ax.plot(xs, ys, marker="o", label=head)
     timed = any(c.get("seconds") for g in cost.values() for c in g.values())
     ax.set_xscale("log")
-    ax.set_xlabel("similarity stage (s)" if timed else "similarity stage (GFLOPs)")
+    paths.append(_finish(plt, fig, ax, "similarity stage (s)" if timed else "similarity stage (GFLOPs)",
+                         "accuracy vs cost (one point per length)", out_dir / "accuracy_vs_cost.png"))
+    return paths
+
+
+def _finish(plt, fig, ax, xlabel: str, title: str, path: Path) -> Path:
+    """Labels, legend and grid of an accuracy plot; saved to ``path`` and closed."""
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test t2v R@1 (%)")
     ax.legend(fontsize=8)
     ax.grid(True, alpha=0.3)
-    ax.set_title("accuracy vs cost (one point per length)")
-    paths.append(out_dir / "accuracy_vs_cost.png")
+    ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    return paths
+    return path
 
 
 def _jsonable(x):
