@@ -3,6 +3,7 @@
     python -m cluster.local up --workers 1 --cpus-per-node 2            # head + 1 worker + MLflow server
     python -m cluster.local status                                      # nodes, resources, jobs, MLflow health
     python -m cluster.local env                                         # `export ...` lines for clients
+    python -m cluster.local audit                                       # every listening socket and its protection
     python -m cluster.local add-worker                                  # one more worker node
     python -m cluster.local remove-worker worker-1 [--kill]             # stop (or SIGKILL) one worker node
     python -m cluster.local down                                        # stop exactly what `up` started
@@ -14,9 +15,19 @@ started (with its start time, so a reused PID is never touched), the ports and t
 those process trees: the descendants of the recorded PIDs and the processes of the sessions they lead (Ray puts job
 drivers in sessions of their own), SIGTERM first and SIGKILL after a grace period. It never runs ``ray stop``.
 
-Token authentication: every process of the cluster runs with ``RAY_AUTH_MODE=disabled`` (Ray 2.60 turns token auth on
-by default), so every client must too: ``ray job submit``/``logs``/``status``/``stop`` and drivers. ``env`` prints the
-exports; ``glccl submit`` sets it itself.
+Token authentication: ``up`` writes a fresh random token to ``<dir>/auth_token`` (mode 0600) and every process of the
+cluster runs with ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN_PATH`` pointing at it; every client needs the same two
+variables (``ray job submit``/``logs``/``status``/``stop``, drivers, ``ray://`` clients, HTTP calls to the job server
+with ``Authorization: Bearer <token>``). ``env`` prints the exports; ``glccl submit`` sets them itself.
+
+What listens where: the job server (dashboard) and the MLflow server are bound to 127.0.0.1. Ray 2.60 cannot bind the
+rest of a multi-node cluster to the loopback address (``ray start`` replaces 127.0.0.1 by the machine's network
+address, and worker nodes cannot join a head that listens on 127.0.0.1 only), so the GCS, the raylets, the object
+managers, the dashboard and runtime-env agents, the Ray client server and the worker processes listen on all
+interfaces, and every one of them refuses a request without the token. Metrics collection is off
+(``RAY_enable_metrics_collection=0``: no per-node metrics port); the head's two Prometheus exporters (dashboard and
+autoscaler metrics, read-only, no credential, cannot be turned off or bound to loopback) get ports of the cluster's own
+block. ``audit`` lists every listening socket of the cluster's processes and checks each of those rules.
 
 Every node also gets ``MLFLOW_TRACKING_URI`` (the cluster's MLflow server), ``PATH`` with this venv's ``bin`` first
 (``python`` in a job's entrypoint is this venv's python) and ``HF_HUB_OFFLINE=1``; job processes inherit them.
@@ -50,13 +61,20 @@ from typing import Any
 DEFAULT_DIR = "runs/cluster"
 DEFAULT_BASE_PORT = 46379
 HOST = "127.0.0.1"
-AUTH_ENV = {"RAY_AUTH_MODE": "disabled"}
+AUTH_MODE = "token"
+TOKEN_FILE = "auth_token"
+# Variables that must not leak from the caller's environment into the cluster's processes or clients: another token
+# (RAY_AUTH_TOKEN takes precedence over RAY_AUTH_TOKEN_PATH), or the switch a private local Ray uses to bind to the
+# loopback address (it stops `ray start --address` from joining a cluster).
+FOREIGN_ENV = ("RAY_AUTH_TOKEN", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
 STATE_FILE = "state.json"
 GRACE_S = 10.0
 
-# Port layout from the base port P: P gcs, P+1 dashboard, P+2 ray client server, P+3 MLflow server;
-# node i (0 = head, 1.. = workers in order of creation) uses P+10+10*i ... P+15+10*i.
-CLUSTER_PORTS = {"gcs": 0, "dashboard": 1, "ray_client_server": 2, "mlflow": 3}
+# Port layout from the base port P: P gcs, P+1 dashboard, P+2 ray client server, P+3 MLflow server, P+4 and P+5 the
+# head's Prometheus exporters (dashboard, autoscaler); node i (0 = head, 1.. = workers in order of creation) uses
+# P+10+10*i ... P+15+10*i.
+CLUSTER_PORTS = {"gcs": 0, "dashboard": 1, "ray_client_server": 2, "mlflow": 3, "dashboard_metrics": 4,
+                 "autoscaler_metrics": 5}
 NODE_PORTS = {"node_manager": 0, "object_manager": 1, "dashboard_agent_listen": 2, "dashboard_agent_grpc": 3,
               "metrics_export": 4, "runtime_env_agent": 5}
 NODE_STRIDE = 10
@@ -134,9 +152,25 @@ def find_base_port(start: int = DEFAULT_BASE_PORT, tries: int = 40, nodes: int =
     raise RuntimeError(f"no free block of ports from {start}")
 
 
-def _http_json(url: str, timeout: float = 3.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
+def _http_json(url: str, timeout: float = 3.0, token: str | None = None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
         return json.loads(r.read().decode() or "null")
+
+
+def write_token(path: Path) -> str:
+    """A new random token (256 bits, hex) written to ``path`` with mode 0600 (created so: never readable by others)."""
+    import secrets
+
+    token = secrets.token_hex(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    tmp.replace(path)
+    return token
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -331,22 +365,42 @@ class LocalCluster:
                 return n
         raise ClusterError(f"no node named {name!r} (nodes: {', '.join(n['name'] for n in self.nodes)})")
 
+    @property
+    def token_path(self) -> Path:
+        return Path(self.state.get("auth_token_path") or self.dir / TOKEN_FILE)
+
+    def token(self) -> str:
+        """The cluster's token (read from its 0600 file)."""
+        try:
+            return self.token_path.read_text().strip()
+        except OSError as e:
+            raise ClusterError(f"cannot read the cluster's token {self.token_path}: {e.strerror}") from e
+
+    def auth_env(self) -> dict[str, str]:
+        """Ray's token authentication settings of this cluster: its processes and its clients all need them."""
+        return {"RAY_AUTH_MODE": AUTH_MODE, "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
+
     def client_env(self) -> dict[str, str]:
         """What a client of this cluster (``ray job ...``) needs in its environment. Ray's job clients let
         ``RAY_API_SERVER_ADDRESS`` and ``RAY_ADDRESS`` override even an explicit ``--address``: both are set."""
-        env = {**AUTH_ENV, "RAY_ADDRESS": self.dashboard_url, "RAY_API_SERVER_ADDRESS": self.dashboard_url}
+        env = {**self.auth_env(), "RAY_ADDRESS": self.dashboard_url, "RAY_API_SERVER_ADDRESS": self.dashboard_url}
         if self.mlflow_uri:
             env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
         return env
 
     def submit_env(self) -> dict[str, str]:
-        """``os.environ`` plus ``client_env()``: the env for a ``ray job`` subprocess."""
-        return {**os.environ, **self.client_env()}
+        """``os.environ`` plus ``client_env()``: the env for a ``ray job`` subprocess (another token dropped)."""
+        return {**{k: v for k, v in os.environ.items() if k not in FOREIGN_ENV}, **self.client_env()}
 
     def node_env(self) -> dict[str, str]:
         """Environment of every node process (and so of every worker and job driver)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_JOB_", "RAY_RAYLET_"))}
-        env.update(AUTH_ENV)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("RAY_JOB_", "RAY_RAYLET_")) and k not in FOREIGN_ENV}
+        env.update(self.auth_env())
+        env["RAY_enable_metrics_collection"] = "0"  # no unauthenticated per-node metrics port
+        ports = cluster_ports(self.base_port)
+        env["DASHBOARD_METRIC_PORT"] = str(ports["dashboard_metrics"])
+        env["AUTOSCALER_METRIC_PORT"] = str(ports["autoscaler_metrics"])
         env["PATH"] = f"{venv_bin()}{os.pathsep}{env.get('PATH', '')}"
         env.setdefault("HF_HUB_OFFLINE", "1")
         env["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -388,11 +442,13 @@ class LocalCluster:
             "version": 1, "created": time.time(), "cluster_dir": str(self.dir), "base_port": base, "node_ip": ip,
             "gcs_address": f"{ip}:{ports['gcs']}", "dashboard_url": f"http://{HOST}:{ports['dashboard']}",
             "ray_client_address": f"ray://{HOST}:{ports['ray_client_server']}", "ports": ports,
-            "temp_root": temp_root, "auth_env": dict(AUTH_ENV), "keep_temp": self.keep_temp,
+            "temp_root": temp_root, "auth_mode": AUTH_MODE, "auth_token_path": str(self.dir / TOKEN_FILE),
+            "keep_temp": self.keep_temp,
             "extra_env": self.extra_env, "object_store_mb": self.object_store_mb, "cpus_per_node": self.cpus_per_node,
             "python": sys.executable, "ray": ray_exe(), "nodes": [], "next_index": 0, "mlflow": None,
             "mlflow_uri": f"http://{HOST}:{ports['mlflow']}" if self.with_mlflow else None,
         }
+        write_token(self.token_path)  # a new token for every cluster: clients of an earlier one are shut out
         self._save()
         ml_error: list[BaseException] = []
         ml_thread = None
@@ -575,7 +631,7 @@ class LocalCluster:
             if not alive(head["pid"], head["create_time"]):
                 raise ClusterError(f"the head node exited; see {head['log']} and {head['temp_dir']}")
             try:
-                _http_json(f"{self.dashboard_url}/api/version")
+                _http_json(f"{self.dashboard_url}/api/version", token=self.token())
                 return
             except (OSError, ValueError):
                 time.sleep(0.5)
@@ -583,7 +639,7 @@ class LocalCluster:
 
     def ray_nodes(self) -> list[dict[str, Any]]:
         """The cluster's nodes as the GCS sees them (dashboard API): node id, ip, state, resources, ports."""
-        data = _http_json(f"{self.dashboard_url}/nodes?view=summary", timeout=5)
+        data = _http_json(f"{self.dashboard_url}/nodes?view=summary", timeout=5, token=self.token())
         out = []
         for n in (data.get("data") or {}).get("summary") or []:
             raylet = n.get("raylet") or {}
@@ -609,11 +665,12 @@ class LocalCluster:
         raise ClusterError(f"{len(last)} of {count} nodes alive after {timeout_s:.0f} s")
 
     def jobs(self) -> list[dict[str, Any]]:
-        return _http_json(f"{self.dashboard_url}/api/jobs/", timeout=5) or []
+        return _http_json(f"{self.dashboard_url}/api/jobs/", timeout=5, token=self.token()) or []
 
     def status(self) -> dict[str, Any]:
         st: dict[str, Any] = {"cluster_dir": str(self.dir), "gcs_address": self.gcs_address,
-                              "dashboard_url": self.dashboard_url, "mlflow_uri": self.mlflow_uri, "processes": []}
+                              "dashboard_url": self.dashboard_url, "mlflow_uri": self.mlflow_uri,
+                              "auth_token_path": str(self.token_path), "processes": []}
         for n in self.nodes:
             st["processes"].append({"name": n["name"], "pid": n["pid"], "alive": alive(n["pid"], n["create_time"]),
                                     "cpus": n["num_cpus"], "temp_dir": n["temp_dir"]})
@@ -642,7 +699,7 @@ class LocalCluster:
 def _print_status(st: dict[str, Any]) -> None:
     print(f"cluster dir : {st['cluster_dir']}")
     print(f"GCS address : {st['gcs_address']}")
-    print(f"dashboard   : {st['dashboard_url']}  (RAY_AUTH_MODE=disabled)")
+    print(f"dashboard   : {st['dashboard_url']}  (RAY_AUTH_MODE={AUTH_MODE}, token {st['auth_token_path']})")
     print(f"MLflow      : {st['mlflow_uri']}")
     print("processes:")
     for p in st["processes"]:
@@ -662,7 +719,10 @@ def _print_status(st: dict[str, Any]) -> None:
 
 
 def _env_lines(c: LocalCluster) -> list[str]:
-    return [f"export {k}={v}" for k, v in c.client_env().items()]
+    import shlex
+
+    lines = [f"export {k}={shlex.quote(v)}" for k, v in c.client_env().items()]
+    return lines + ["unset RAY_AUTH_TOKEN"]  # it would take precedence over RAY_AUTH_TOKEN_PATH
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -678,7 +738,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--object-store-mb", type=int, default=1024, help="object store of each node, MiB")
     up.add_argument("--no-mlflow", action="store_true", help="no MLflow server (jobs then log to sqlite in storage)")
     up.add_argument("--keep-temp", action="store_true", help="keep the nodes' temp dirs (Ray logs) on down")
-    for name in ("status", "down", "env", "add-worker", "remove-worker"):
+    for name in ("status", "down", "env", "audit", "add-worker", "remove-worker"):
         sp = sub.add_parser(name) if name != "up" else up
         if name == "add-worker":
             sp.add_argument("--cpus", type=int, default=None)
@@ -717,6 +777,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "env":
             print("\n".join(_env_lines(c)))
             return 0
+        if args.cmd == "audit":
+            from cluster.exposure import cluster_audit, format_report
+
+            findings = cluster_audit(c)
+            print(format_report(findings))
+            return 1 if any(f.verdict == "OPEN" for f in findings) else 0
         if args.cmd == "add-worker":
             print(c.add_worker(num_cpus=args.cpus))
             return 0

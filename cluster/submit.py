@@ -8,8 +8,9 @@
 The job uploads this repository (``working_dir``, with the excludes of ``cluster/runtime_env.yaml``) and runs the
 entrypoint on the head node. Cluster address, in order: ``--address``; the local cluster of ``--cluster-dir``;
 ``RAY_ADDRESS`` (an ``http://`` dashboard address); the local cluster under ``runs/cluster``. With a local cluster
-(``python -m cluster.local up``) the job's ``MLFLOW_TRACKING_URI`` is set to that cluster's MLflow server and
-``RAY_AUTH_MODE=disabled`` is used for the client; ``--mlflow URI`` overrides the tracking server.
+(``python -m cluster.local up``) the job's ``MLFLOW_TRACKING_URI`` is set to that cluster's MLflow server and the
+client authenticates with the cluster's token (``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN_PATH=<dir>/auth_token``);
+``--mlflow URI`` overrides the tracking server. Other clusters take the caller's own ``RAY_AUTH_*`` settings.
 
 Prints the job id and the ``ray job logs/status/stop`` commands to follow it; ``--follow`` streams the logs and exits
 0 when the job succeeds, 1 when it fails or is stopped.
@@ -44,7 +45,7 @@ def split_entrypoint(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def resolve_target(address: str | None, cluster_dir: str | None) -> dict[str, Any]:
     """Where to submit: ``{"address": http://..., "env": {...client env}, "mlflow_uri": ... or None, "source": ...}``."""
-    from cluster.local import AUTH_ENV, LocalCluster
+    from cluster.local import LocalCluster
 
     if address:
         return {"address": address, "env": {}, "mlflow_uri": None, "source": "--address"}
@@ -56,7 +57,7 @@ def resolve_target(address: str | None, cluster_dir: str | None) -> dict[str, An
     for d in candidates:
         if (Path(d) / "state.json").is_file():
             c = LocalCluster.load(d)
-            return {"address": c.dashboard_url, "env": dict(AUTH_ENV), "mlflow_uri": c.mlflow_uri,
+            return {"address": c.dashboard_url, "env": c.auth_env(), "mlflow_uri": c.mlflow_uri,
                     "source": f"local cluster {c.dir}"}
     where = cluster_dir or DEFAULT_CLUSTER_DIR
     raise SystemExit(f"glccl submit: no cluster address: pass --address http://HEAD:DASHBOARD_PORT, set RAY_ADDRESS, "
@@ -138,12 +139,17 @@ def main(argv: list[str] | None = None) -> int:
 
     target = resolve_target(args.address, args.cluster_dir)
     renv = build_runtime_env(args.runtime_env or None, args.working_dir, args.mlflow or target["mlflow_uri"], args.env)
-    prefix = " ".join(f"{k}={v}" for k, v in target["env"].items())
+    prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in target["env"].items())
     if args.print_command:
         print((prefix + " " if prefix else "") + shlex.join(ray_command(target["address"], renv, entrypoint,
                                                                         args.job_id)))
         return 0
 
+    if target["env"]:  # a local cluster: its token only (another one in the caller's env would take precedence)
+        from cluster.local import FOREIGN_ENV
+
+        for key in FOREIGN_ENV:
+            os.environ.pop(key, None)
     os.environ.update(target["env"])  # before Ray reads its auth settings
     # Ray's job client lets these two override its explicit address argument: make them agree with the target
     os.environ["RAY_ADDRESS"] = os.environ["RAY_API_SERVER_ADDRESS"] = target["address"]

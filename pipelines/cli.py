@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "runs": ("pipelines.ui", "print the top runs of an experiment or sweep"),
     "heads": ("pipelines.heads_cli", "list the similarity heads"),
     "submit": ("cluster.submit", "submit a job to a Ray cluster"),
+    "exposure": ("cluster.exposure", "list the sockets a process tree listens on; fail on any open to the network"),
 }
 
 

@@ -76,18 +76,23 @@ def torch_dtypes(mode: str = "pairs") -> dict:
 
 
 def start_local_ray(num_cpus: int | None = None, object_store_mb: int | None = None) -> str | None:
-    """Start a private local Ray (own short temp dir, no dashboard, no address lookup) unless Ray is already
-    initialised in this process. Returns the temp dir to delete after ``ray.shutdown()``, or None."""
+    """Start a private local Ray (own short temp dir, no dashboard, no address lookup, own token, listening on
+    127.0.0.1 only: ``pipelines.private_ray``) unless Ray is already initialised in this process. Returns the temp dir
+    to delete after ``ray.shutdown()``, or None."""
     import ray
+
+    from pipelines.private_ray import secure_private_ray
 
     if ray.is_initialized():
         return None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.pop("RAY_ADDRESS", None)
     tmp = tempfile.mkdtemp(prefix="glr", dir="/tmp")  # Ray's socket paths must stay short
+    restore = secure_private_ray()
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=tmp, log_to_driver=False,
              configure_logging=False,
              object_store_memory=int(object_store_mb * 2**20) if object_store_mb else None)
+    restore()
     return tmp
 
 

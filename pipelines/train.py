@@ -433,7 +433,8 @@ def _log_test_artifacts(logger: tracking.RunLogger, test: dict[str, float], info
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Connect to ``address`` / ``RAY_ADDRESS``, or start a private local Ray (own temp dir, dashboard on a free port)."""
+    """Connect to ``address`` / ``RAY_ADDRESS``, or start a private local Ray (own temp dir, dashboard on a free port,
+    own token, listening on 127.0.0.1 only: ``pipelines.private_ray``)."""
     import ray
 
     if ray.is_initialized():
@@ -449,11 +450,14 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     # RAY_API_SERVER_ADDRESS, which every process of this Ray inherits: without it, it looks for "the" local cluster
     # and gives up when other Ray instances run on the machine ("Found multiple active Ray instances").
     from glccl.distributed import free_port
+    from pipelines.private_ray import secure_private_ray
 
     port = free_port()
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    restore = secure_private_ray()  # token auth with its own token, every socket on 127.0.0.1
     ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
              _temp_dir=tmp, object_store_memory=2 * 1024**3, configure_logging=False)
+    restore()
     atexit.register(_remove_local_ray, tmp)
 
 
@@ -508,8 +512,11 @@ def run(cfg: RunConfig, address: str | None = None, extra_tags: dict[str, str] |
         import yaml
 
         logger.text(yaml.safe_dump(to_dict(cfg), sort_keys=False), "config/resolved.yaml")
+        from pipelines.torch_store import LocalStoreTorchConfig
+
         trainer = TorchTrainer(
             train_loop_per_worker,
+            torch_config=LocalStoreTorchConfig(),  # the ranks' rendezvous store off the network
             train_loop_config={"cfg": to_dict(cfg), "run_id": run_id, "tracking_uri": uri,
                                "texts": data["texts"], "num_train_pairs": data["num_train_pairs"],
                                "frozen_tower": data["frozen_tower"], "fault": fault},

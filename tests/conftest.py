@@ -23,16 +23,21 @@ def seed() -> int:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """A private local Ray instance (own temp dir, 4 logical CPUs, no dashboard), shared by the whole test session.
+    """A private local Ray instance (own temp dir, 4 logical CPUs, no dashboard), shared by the whole test session;
+    like the product's private Ray, it has a token of its own and listens on 127.0.0.1 only.
 
     Never touches other Ray clusters on the machine: no address lookup, and shutdown only ends what it started.
     """
     ray = pytest.importorskip("ray")
+    from pipelines.private_ray import secure_private_ray
+
     tmp = tempfile.mkdtemp(prefix="glr", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
     os.environ.pop("RAY_ADDRESS", None)
+    restore = secure_private_ray()
     # 4 logical CPUs on the 2 cores: 2 Ray Train workers plus room for Ray Data decode tasks
     ray.init(num_cpus=4, include_dashboard=False, _temp_dir=tmp, object_store_memory=1_500_000_000,
              log_to_driver=False, configure_logging=False)
+    restore()
     yield ray
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)

@@ -3,7 +3,8 @@ a training job logged to the cluster's MLflow server, a bad config failing with 
 job stopped with ``ray job stop``, and a worker node killed mid-training with the run recovering from its checkpoint.
 
 One cluster for the module; every process it starts is ended by PID in the fixture's finaliser (errors included).
-Clients run with ``RAY_AUTH_MODE=disabled`` like the cluster (``LocalCluster.submit_env``).
+The cluster runs with token authentication; clients use its token (``LocalCluster.submit_env``), and clients without
+it are refused. Every socket its processes listen on is audited (``cluster.exposure``).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def _steps(root, epochs: int) -> int:
 
 
 def _ray_job(cluster, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``ray job ARGS --address <dashboard>`` as a client would run it (RAY_AUTH_MODE=disabled)."""
+    """``ray job ARGS --address <dashboard>`` as a client would run it (with the cluster's token)."""
     cmd = [RAY, "job", args[0], "--address", cluster.dashboard_url, *args[1:]]
     return subprocess.run(cmd, cwd=REPO, env=cluster.submit_env(), capture_output=True, text=True, timeout=timeout)
 
@@ -79,14 +80,24 @@ def _glccl_submit(cluster, entrypoint: list[str]) -> str:
     return m.group(1)
 
 
-def _job(cluster, job_id: str) -> dict:
-    with urllib.request.urlopen(f"{cluster.dashboard_url}/api/jobs/{job_id}", timeout=10) as r:
+def _api(cluster, path: str, token: str | None = "cluster", data: dict | None = None):
+    """A job-server API call; ``token="cluster"`` sends the cluster's token, None none, anything else that string."""
+    token = cluster.token() if token == "cluster" else token
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    body = None
+    if data is not None:
+        body, headers["Content-Type"] = json.dumps(data).encode(), "application/json"
+    req = urllib.request.Request(f"{cluster.dashboard_url}{path}", data=body, headers=headers)
+    with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
 
 
+def _job(cluster, job_id: str) -> dict:
+    return _api(cluster, f"/api/jobs/{job_id}")
+
+
 def _logs(cluster, job_id: str) -> str:
-    with urllib.request.urlopen(f"{cluster.dashboard_url}/api/jobs/{job_id}/logs", timeout=10) as r:
-        return json.loads(r.read())["logs"]
+    return _api(cluster, f"/api/jobs/{job_id}/logs")["logs"]
 
 
 def _wait(cluster, job_id: str, timeout: float, until=("SUCCEEDED", "FAILED", "STOPPED")) -> str:
@@ -150,6 +161,93 @@ def test_cluster_status(cluster):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "ray nodes: 2 alive" in out.stdout and cluster.mlflow_uri in out.stdout
+
+
+def test_clients_without_the_token_are_refused(cluster, tmp_path):
+    """The token file is private; every node runs in token mode; job submission over HTTP and with `ray job submit`,
+    the GCS and the Ray client server refuse a stranger (no token, or a wrong one); the documented client flow
+    (`eval "$(python -m cluster.local env)"`, then `ray job ...`) works."""
+    import os
+    import stat
+    import urllib.error
+
+    from cluster.exposure import _grpc_code
+    from cluster.local import node_ip, process_tree
+
+    token = cluster.token()
+    assert stat.S_IMODE(cluster.token_path.stat().st_mode) == 0o600 and re.fullmatch(r"[0-9a-f]{64}", token)
+    assert token not in cluster.state_path.read_text()
+    procs = process_tree([(n["pid"], n["create_time"]) for n in cluster.live_nodes()])
+    raylets = [p for p in procs if p.name() in ("raylet", "gcs_server")]
+    assert len(raylets) == 3  # the GCS and one raylet per node
+    for p in raylets:
+        env = p.environ()
+        assert env.get("RAY_AUTH_MODE") == "token" and env.get("RAY_AUTH_TOKEN_PATH") == str(cluster.token_path)
+        assert "RAY_AUTH_TOKEN" not in env
+
+    marker = tmp_path / "ran"
+    job = {"entrypoint": f"touch {marker}", "submission_id": "glccl-test-stranger"}
+    for bad, code in ((None, 401), ("0" * 64, 403)):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            _api(cluster, "/api/jobs/", token=bad, data=job)
+        assert e.value.code == code
+    stranger = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    stranger["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either
+    out = subprocess.run([RAY, "job", "submit", "--address", cluster.dashboard_url, "--", "touch", str(marker)],
+                         cwd=tmp_path, env=stranger, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "authentication" in (out.stdout + out.stderr).lower(), out.stdout + out.stderr
+    ip, ports = node_ip(), cluster.state["ports"]
+    assert _grpc_code(ip, ports["gcs"], "/ray.rpc.NodeInfoGcsService/GetClusterId", None) == "UNAUTHENTICATED"
+    assert _grpc_code(ip, ports["gcs"], "/ray.rpc.NodeInfoGcsService/GetClusterId", token) == "OK"
+    assert _grpc_code(ip, ports["ray_client_server"], "/ray.rpc.RayletDriver/KVExists", None) == "UNAUTHENTICATED"
+    assert _grpc_code(ip, ports["gcs"], "/ray.rpc.NodeInfoGcsService/GetClusterId", "f" * 64) == "UNAUTHENTICATED"
+    assert not marker.exists()
+    assert "glccl-test-stranger" not in {j.get("submission_id") for j in cluster.jobs()}
+
+    flow = (f'eval "$({sys.executable} -m cluster.local env --dir {cluster.dir})" && {RAY} job list && '
+            f'{RAY} job submit --submission-id glccl-test-flow -- python -c "print(6 * 7)"')
+    out = subprocess.run(["bash", "-c", flow], cwd=REPO, env=stranger, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert _wait(cluster, "glccl-test-flow", 120) == "SUCCEEDED" and "42" in _logs(cluster, "glccl-test-flow")
+
+
+@pytest.mark.timeout(300)
+def test_every_listening_socket_is_loopback_or_token_protected(cluster):
+    """With a job driver and its actor running: every socket the cluster's processes listen on is bound to 127.0.0.1,
+    or refuses a request without the token, or is one of the head's two read-only metrics exporters."""
+    from cluster.exposure import cluster_audit, format_report
+
+    code = ("import ray, time; ray.init(); A = ray.remote(type('A', (), {'ping': lambda self: 1})); a = A.remote(); "
+            "ray.get(a.ping.remote()); print('READY', flush=True); time.sleep(300)")
+    sub = _ray_job(cluster, "submit", "--submission-id", "glccl-test-audit", "--no-wait", "--", "python", "-c", code)
+    assert sub.returncode == 0, sub.stdout + sub.stderr
+    try:
+        deadline = time.time() + 120
+        while not re.search(r"^READY$", _logs(cluster, "glccl-test-audit"), re.M):  # not the echoed entrypoint
+            assert time.time() < deadline and _job(cluster, "glccl-test-audit")["status"] in ("PENDING", "RUNNING"), \
+                _logs(cluster, "glccl-test-audit")[-3000:]
+            time.sleep(1)
+        findings = cluster_audit(cluster)
+        report = format_report(findings)
+        assert not [f for f in findings if f.verdict == "OPEN"], report
+        ports = cluster.state["ports"]
+        by_port = {}
+        for f in findings:
+            by_port.setdefault(f.listener.port, set()).add(f.verdict)
+        assert by_port[ports["dashboard"]] == {"loopback"} and by_port[ports["mlflow"]] == {"loopback"}, report
+        assert "token" in by_port[ports["gcs"]] and "token" in by_port[ports["ray_client_server"]], report
+        for n in cluster.live_nodes():
+            assert by_port[n["ports"]["node_manager"]] == {"token"}, report
+            assert by_port[n["ports"]["object_manager"]] == {"token"}, report
+        assert {f.listener.port for f in findings if f.verdict == "metrics"} <= {ports["dashboard_metrics"],
+                                                                               ports["autoscaler_metrics"]}, report
+        assert any(f.listener.process == "ray::A" and f.verdict == "token" for f in findings), report  # the actor
+        assert any(f.listener.process == "python -c" and f.verdict == "token" for f in findings), report  # driver
+        cli = subprocess.run([sys.executable, "-m", "cluster.local", "audit", "--dir", str(cluster.dir)], cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+        assert cli.returncode == 0 and ", OPEN 0" in cli.stdout, cli.stdout + cli.stderr
+    finally:
+        _ray_job(cluster, "stop", "glccl-test-audit")
 
 
 @pytest.mark.timeout(600)

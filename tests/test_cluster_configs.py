@@ -186,7 +186,7 @@ def test_submit_builds_runtime_env_and_command(tmp_path):
     assert json.loads(cmd[cmd.index("--runtime-env-json") + 1])["excludes"] == renv["excludes"]
     assert cmd[-6:] == ["--", *entry]
 
-    # --print-command against a local cluster's state file: address, auth mode and MLflow server come from it
+    # --print-command against a local cluster's state file: address, token and MLflow server come from it
     state = {"dashboard_url": "http://127.0.0.1:47123", "mlflow_uri": "http://127.0.0.1:47126", "base_port": 47122,
              "gcs_address": "127.0.0.1:47122", "nodes": []}
     (tmp_path / "state.json").write_text(json.dumps(state))
@@ -195,7 +195,8 @@ def test_submit_builds_runtime_env_and_command(tmp_path):
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     line = out.stdout.strip()
-    assert line.startswith("RAY_AUTH_MODE=disabled ray job submit --address http://127.0.0.1:47123")
+    assert line.startswith(f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={tmp_path.resolve() / 'auth_token'} "
+                           "ray job submit --address http://127.0.0.1:47123")
     assert "http://127.0.0.1:47126" in line and line.endswith("-- python -m pipelines.train --config configs/demo.yaml")
 
 
