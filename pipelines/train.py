@@ -476,6 +476,17 @@ def local_cpus(cfg: RunConfig) -> int:
     return max(os.cpu_count() or 1, int(math.ceil(cfg.train.num_workers * cfg.train.cpus_per_worker)) + 2)
 
 
+def _local_files_absolute(cfg: RunConfig) -> RunConfig:
+    """``model.pretrained`` as an absolute path when it names a local file: Ray Train workers (and sweep trials) run
+    in other working directories, where a relative path names nothing."""
+    import dataclasses
+
+    pre = cfg.model.pretrained
+    if pre and Path(pre).is_file() and not Path(pre).is_absolute():
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=str(Path(pre).resolve())))
+    return cfg
+
+
 def loss_params(cfg: RunConfig) -> dict[str, Any]:
     """The run's resolved loss as MLflow params: ``loss.recipe`` (e.g. ``infonce + sdr``) and ``loss.terms``."""
     from glccl.heads import get_head_class
@@ -497,6 +508,7 @@ def run(cfg: RunConfig, address: str | None = None, extra_tags: dict[str, str] |
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    cfg = _local_files_absolute(cfg)
     storage = Path(cfg.storage).resolve()
     storage.mkdir(parents=True, exist_ok=True)
     init_ray(address, local_cpus(cfg))

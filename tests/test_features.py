@@ -116,3 +116,15 @@ def test_a_feature_cache_of_another_tower_is_refused_before_training(feature_set
         check_feature_cache(cfg)
     frames_only = load_config(None, ["data.dataset=synth", f"data.cache={root / 'frames'}"])
     assert check_feature_cache(frames_only) is False
+
+
+def test_a_relative_pretrained_file_is_made_absolute_for_the_workers(tmp_path, monkeypatch):
+    """Ray Train workers run elsewhere: a relative model.pretrained must name the same file there."""
+    from glccl.config import load_config
+    from pipelines.train import _local_files_absolute
+
+    (tmp_path / "w.pt").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    cfg = _local_files_absolute(load_config(None, ["model.pretrained=w.pt"]))
+    assert cfg.model.pretrained == str(tmp_path / "w.pt")
+    assert _local_files_absolute(load_config(None, ["model.pretrained=openai"])).model.pretrained == "openai"
