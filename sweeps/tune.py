@@ -218,10 +218,6 @@ def _trial(values: dict[str, Any], sweep: dict[str, Any], parent_run_id: str, wo
 
     if workdir and os.path.isdir(workdir):
         os.chdir(workdir)
-    if source:  # a trial runs in a Ray worker: its run records the sweep driver's entry point, command and commit
-        from pipelines import provenance
-
-        provenance.use_source_tags(source)
 
     sc = SweepConfig(**sweep)
     trial_id = ray.tune.get_context().get_trial_id()
@@ -248,13 +244,12 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, resume: bool = Fal
     import ray
     from ray import tune
 
-    from pipelines import console, provenance, tracking
+    from pipelines import tracking
     from pipelines.train import init_ray
 
     base = sweep.run_config()
     storage = Path(base.storage).resolve()
     tdir = sweep_dir(storage, sweep.name)
-    console.use_run_folder(tdir)  # the trials' output and Ray's and MLflow's logs: <sweep folder>/run.log
     need = trial_cpus(base)
     init_ray(address, num_cpus=max(2, int(math.ceil(need)) + 1))
     uri = tracking.default_tracking_uri(storage)
@@ -270,7 +265,7 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, resume: bool = Fal
     trainable = tune.with_resources(
         # the trial function only drives its TorchTrainer: a token CPU share (Tune refuses an empty request)
         tune.with_parameters(_trial, sweep=dataclasses.asdict(sweep), parent_run_id=parent_id,
-                             workdir=os.getcwd(), source=provenance.source_tags()), {"CPU": 0.01})
+                             workdir=os.getcwd()), {"CPU": 0.01})
     # mid-epoch checkpoint reports have no validation metric yet; the schedulers skip such results
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     status = "FAILED"
@@ -418,9 +413,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage", default="runs", help="with --resume: the runs/ folder of the sweep")
     p.add_argument("--address", default=None)
     p.add_argument("overrides", nargs="*", help="sweep keys (samples=6) or base config keys (base.train.epochs=2)")
-    from pipelines import console
-
-    console.add_verbose_flag(p)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if args.resume:
@@ -433,33 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"glccl sweep: {e}", file=sys.stderr)
         return 2
-    # the console shows Tune's table of trials; the trials' own output goes to the sweep's log file
-    with console.session(verbose=args.verbose, draw_events=False):
-        out = run_sweep(sweep, address=args.address, resume=bool(args.resume))
-        console.say(summary_text(sweep, out))
+    out = run_sweep(sweep, address=args.address, resume=bool(args.resume))
+    print(json.dumps(out, indent=1, default=str))
     return 0
-
-
-def summary_text(sweep: SweepConfig, out: dict[str, Any]) -> str:
-    """The sweep's closing lines: the best trial's values and metrics."""
-    from pipelines import console
-
-    lines = [f"[glccl] sweep {sweep.name}: {out['trials']} trials, best by {sweep.metric} ({sweep.mode})"]
-    if not out.get("best_config"):
-        return lines[0] + ": no trial reported it"
-    metrics = out.get("best_metrics") or {}
-    width = max(len(k) for k in [*out["best_config"], sweep.metric])
-    for k, v in out["best_config"].items():
-        shown = v.get("label", v) if isinstance(v, dict) else (f"{v:.4g}" if isinstance(v, float) else v)
-        lines.append(f"  {k:<{width}}  {shown}")
-    value = metrics.get(sweep.metric)
-    if value is None and sweep.metric == "val/t2v/R@1":  # the last report holds the test metrics and the best val
-        value = metrics.get("best_val")
-    if value is not None:
-        lines.append(f"  {sweep.metric:<{width}}  {value:.1f}")
-    if any(k.startswith("test/") for k in metrics):
-        lines += ["best trial, test split:", console.metrics_table(metrics, prefix="test/")]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":
