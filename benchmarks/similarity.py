@@ -34,7 +34,7 @@ of one video, so rankings have structure. The exhaustive GLCCL ranking is compar
 ``meanp`` or global ``glim``) + GLCCL on the shortlist (``glccl.search``): shortlist recall@{1,5,10} against the
 exhaustive top-k, ground-truth R@1 of both, and the speed-up.
 
-Only the ``glccl`` library is needed (no Ray). Targets (issue 7): fast GLCCL within 2x of its floor at the MSR-VTT
+Only the ``glccl`` library is needed (no Ray). Targets: fast GLCCL within 2x of its floor at the MSR-VTT
 shape, >= 5x faster than the naive form on CPU, peak memory <= 2 GB for 1000 x 1000.
 """
 
