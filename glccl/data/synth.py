@@ -20,9 +20,10 @@ Splits:
 DiDeMo layout (``layout="didemo"``, ``glccl data synth --layout didemo``): long multi-event videos described, as
 DiDeMo's annotators do, moment by moment. A video of N events (``events``) gets ``described`` (min, max) moment
 descriptions, one per event, of an ordered subset of its events (every event when ``described`` is None); the DiDeMo
-adapter joins them, in order, into the paragraph query. The longer the video, the smaller the share of it a paragraph
-describes. In ``val`` and ``test`` no other video of the split holds the described events in that order, so each
-paragraph matches its own video only. Written in DiDeMo's own format (LocalizingMoments)::
+adapter joins them, in order, into the paragraph query (with a fixed ``described`` range, the longer the video, the
+smaller the share of it a paragraph describes). In ``val`` and ``test`` no other video of the split holds the
+described events in that order, so each paragraph matches its own video only. Written in DiDeMo's own format
+(LocalizingMoments)::
 
     out_dir/{train,val,test}_data.json   [{"video": "<id>.mp4", "description": ..., "times": [[s, e]],
                                            "annotation_id": k}, ...]  (times: 5 s segment indices, as DiDeMo's)
