@@ -20,8 +20,9 @@ demo: $(STAMP)
 	$(VENV)/bin/glccl demo
 
 # Default suite: every tier but `slow` and `gpu` (real local Ray, Ray Train, Tune, a 2-node cluster and MLflow
-# included), under 20 minutes on 2 cores. `make test-all` adds the slow failure-recovery tests (cluster node loss,
-# interrupted sweep resumed, ViT-B/32 weight round trips).
+# included), under 15 minutes on 2 cores. `make test-all` adds the slow tests: failure recovery (cluster node loss, a
+# killed worker, stopped runs and sweeps resumed, scheduler-stopped trials), a training run's socket audit and the
+# ViT-B/32 weight round trips.
 test: $(STAMP)
 	$(PY) -m pytest -m "not gpu and not slow" -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 

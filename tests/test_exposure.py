@@ -91,6 +91,7 @@ def test_audit_flags_a_socket_anyone_can_use(tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_a_training_run_listens_on_loopback_only(tiny_synth, tmp_path):
     """`glccl train` (2 Ray Train workers on its private local Ray, as in the demo) opens sockets on 127.0.0.1 only,

@@ -229,6 +229,7 @@ def test_interrupted_sweep_resumes_to_completion(tiny_synth, tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_trials_stopped_by_the_scheduler_end_cleanly_and_the_next_trial_runs(tiny_synth, tmp_path):
     """ASHA stops every trial at max_t = 1 of 2 epochs, ending its process mid-run; `glccl sweep` on its own local Ray,
     reading a frame cache, as the demo sweep does.

@@ -95,6 +95,7 @@ def test_a_baseline_head_trains_with_its_own_loss(ray_session, tiny_synth, tmp_p
     assert not client.get_metric_history(out["run_id"], "train/csc")
 
 
+@pytest.mark.slow
 def test_killed_worker_recovers_from_checkpoint(baseline, tiny_synth, tmp_path):
     from pipelines import train
 
@@ -111,6 +112,7 @@ def test_killed_worker_recovers_from_checkpoint(baseline, tiny_synth, tmp_path):
         assert abs(m[key] - base["metrics"][key]) <= 40, (key, m[key], base["metrics"][key])
 
 
+@pytest.mark.slow
 def test_stopped_run_resumes_with_same_name(baseline, tiny_synth, tmp_path):
     from pipelines import train
 
