@@ -7,7 +7,7 @@ set -euo pipefail
 G=${GLCCL:-glccl}
 ROOT=${ROOT:-data/length-study}
 TRAIN=${TRAIN:-2000}; VAL=${VAL:-100}; TEST=${TEST:-500}; TOWER_TRAIN=${TOWER_TRAIN:-2000}; TOWER_EPOCHS=${TOWER_EPOCHS:-8}
-COMMON="--fps 4 --size 32 --num-val $VAL --seed 0 --quiet"
+COMMON="--fps 4 --size 32 --num-val $VAL --quiet"
 
 # 1. data. The frame tower's pretraining set: short clips (3-4 events in 8 s) captioned event by event and pair by pair
 #    (the MSVD-style layout), a stand-in for CLIP's image-text pretraining. The study's three lengths (DiDeMo layout):
@@ -15,7 +15,7 @@ COMMON="--fps 4 --size 32 --num-val $VAL --seed 0 --quiet"
 #    with the video (about 20, 38 and 59 tokens)
 [ -f "$ROOT/tower/synth_meta.json" ] || $G data synth $COMMON --seed 7 --num-train "$TOWER_TRAIN" --num-test 100 \
     --out "$ROOT/tower" --events 3-4 --seconds 8
-STUDY="$COMMON --layout didemo --num-train $TRAIN --num-test $TEST"
+STUDY="$COMMON --layout didemo --seed 0 --num-train $TRAIN --num-test $TEST"
 [ -f "$ROOT/K12/synth_meta.json" ] || $G data synth $STUDY --out "$ROOT/K12" --events 3-4 --seconds 8
 [ -f "$ROOT/K32/synth_meta.json" ] || $G data synth $STUDY --out "$ROOT/K32" --events 6-8 --seconds 16
 [ -f "$ROOT/K64/synth_meta.json" ] || $G data synth $STUDY --out "$ROOT/K64" --events 10-12 --seconds 32
