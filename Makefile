@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.glccl-installed
 
-.PHONY: demo test test-all venv lint clean-venv
+.PHONY: demo test test-all test-gpu venv lint clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -m "not gpu" -p no:cacheprovider --durations=25 $(PYTEST_ARGS)
+
+# The gpu tier alone (CUDA against the CPU reference; tests/glccl/test_gpu.py): needs a CUDA build of torch and a GPU, and
+# skips its tests where none is visible.
+test-gpu: $(STAMP)
+	$(PY) -m pytest -m gpu -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check glccl pipelines sweeps cluster benchmarks tests

@@ -1,11 +1,13 @@
 """Data-parallel training step: each rank scoring only its own texts (row blocks of the global score matrix, the
 default) against every rank scoring the whole global matrix, side by side in one run.
 
-    python benchmarks/ddp_step.py                          # 2 gloo processes, 1 thread each, the demo's model
-    python benchmarks/ddp_step.py --world 4 --batch 128    # any world size / global batch
-    python benchmarks/ddp_step.py --quick                  # fewer steps, for a smoke run
+    python -m benchmarks.ddp_step                          # 2 gloo processes, 1 thread each, the demo's model
+    python -m benchmarks.ddp_step --world 4 --batch 128    # any world size / global batch
+    python -m benchmarks.ddp_step --quick                  # fewer steps, for a smoke run
 
-Both modes give the same loss and gradients (tests/test_distributed.py checks it); they differ in the head's work per
+(from the repository root.)
+
+Both modes give the same loss and gradients (tests/glccl/test_distributed.py checks it); they differ in the head's work per
 rank: ``B/N x B`` pairs instead of ``B x B``. Each process is a plain ``torch.distributed`` gloo rank (no Ray), so
 the numbers are the step itself. The two modes alternate in rounds, so drifting machine load hits both alike; the
 table keeps each mode's median over rounds.
@@ -16,25 +18,23 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
-import time
-from pathlib import Path
+from functools import partial
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.measure import machine, timed
+from benchmarks.train_step import random_batch
+from glccl import engine
+from glccl.distributed import free_port
+from glccl.losses import build_loss
+from glccl.model import create_model
+from glccl.optim import build_optimizer
 
 
 def _rank(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
-    import torch.distributed as dist
-
-    from benchmarks.train_step import random_batch
-    from glccl import engine
-    from glccl.losses import build_loss
-    from glccl.model import create_model
-    from glccl.optim import build_optimizer
-
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(args.threads)
     dist.init_process_group("gloo", rank=rank, world_size=args.world)
@@ -46,25 +46,29 @@ def _rank(rank: int, args: argparse.Namespace, port: int, out: str) -> None:
     loss_fn = build_loss(model.head)
     torch.manual_seed(1 + rank)  # the same model on every rank, a different local batch
     batch = random_batch(model, args.batch // args.world, args.frames, args.words, torch.device("cpu"))
+
+    def steps(shard: bool) -> None:
+        for _ in range(args.steps):
+            engine.train_step(ddp, loss_fn, batch, optimizer, shard_scores=shard)
+        dist.barrier()  # a round ends when the slowest rank is done
+
     times: dict[str, list[float]] = {"rows": [], "full": []}
     for shard in (True, False):  # warm-up
         for _ in range(2):
             engine.train_step(ddp, loss_fn, batch, optimizer, shard_scores=shard)
     for _ in range(args.rounds):
         for name, shard in (("rows", True), ("full", False)):
-            dist.barrier()
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                engine.train_step(ddp, loss_fn, batch, optimizer, shard_scores=shard)
-            dist.barrier()
-            times[name].append((time.perf_counter() - t0) / args.steps)
+            dist.barrier()  # every rank starts the round together
+            _, t = timed(partial(steps, shard))
+            times[name].append(t.wall_s / args.steps)
     if rank == 0:
         torch.save(times, out)
     dist.destroy_process_group()
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ddp_step", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny-rn-32")
     p.add_argument("--head", default="glccl")
     p.add_argument("--world", type=int, default=2)
@@ -75,23 +79,17 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10, help="steps per round and mode")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--quick", action="store_true")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.quick:
         args.steps, args.rounds = 3, 1
     if args.batch % args.world:
         p.error(f"--batch {args.batch} is not a multiple of --world {args.world}")
-    import torch.multiprocessing as mp
-
-    from benchmarks._machine import cpu_model
-    from glccl.distributed import free_port
-
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "times.pt")
         mp.start_processes(_rank, args=(args, free_port(), out), nprocs=args.world, join=True, start_method="spawn")
         times = torch.load(out)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, gloo, "
-          f"{args.world} ranks x {args.threads} thread(s)")
+    print(f"machine: {machine(threads=args.threads)} per rank; gloo, {args.world} ranks")
     print(f"model: {args.preset}, head {args.head}, global batch {args.batch}, K {args.frames}, Nw {args.words}; "
           f"{args.rounds} rounds x {args.steps} steps per mode, alternating\n")
     print("| scoring per rank | pairs scored per rank | s / step (median) | samples / s | rounds (s / step) |")

@@ -1,7 +1,9 @@
 """Video decoding throughput: decord in one process vs. the Ray Data pipeline at 1 and 2 CPUs (not a test).
 
-    .venv/bin/python benchmarks/decode.py                      # 120 clips, 320x240, 10 s at 25 fps, K=12 at 224 px
-    .venv/bin/python benchmarks/decode.py --videos 60 --repeat 5 --json out.json
+    .venv/bin/python -m benchmarks.decode                      # 120 clips, 320x240, 10 s at 25 fps, K=12 at 224 px
+    .venv/bin/python -m benchmarks.decode --videos 60 --repeat 5 --json out.json
+
+(from the repository root.)
 
 The clips are MSR-VTT-like (320x240, 25 fps, 10 s, H.264 with a 2 s GOP, moving textured content) and are written once
 with PyAV into ``--video-dir`` (reused on later runs). Every measurement decodes the same clips the same way (K frames at
@@ -14,32 +16,33 @@ the segment centres, shorter side resized to ``--size`` by the decoder, centre c
 Each setup runs ``--repeat`` timed passes and reports the fastest (on a shared machine it is the least disturbed one);
 all passes and the load average before and after are recorded too.
 
-Targets (issue): ray-2 >= 1.7 x ray-1, and ray per CPU >= 80 % of direct.
+Targets: ray-2 >= 1.7 x ray-1, and ray per CPU >= 80 % of direct.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import sys
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 import pyarrow as pa
+import ray
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks._machine import cpu_model  # noqa: E402
-from glccl.data.frames import load_frames  # noqa: E402
-from glccl.data.manifest import MANIFEST_SCHEMA  # noqa: E402
+from benchmarks.measure import cpu_model, timed, tree_cpu_seconds
+from glccl.data.frames import load_frames
+from glccl.data.manifest import MANIFEST_SCHEMA
+from pipelines.data import video_dataset
+from pipelines.ray_session import connect
 
 
 def make_clips(folder: Path, n: int, width: int, height: int, fps: int, seconds: float) -> list[Path]:
-    import av
-
     folder.mkdir(parents=True, exist_ok=True)
     frames_per_clip = int(fps * seconds)
     paths = []
@@ -69,58 +72,25 @@ def make_clips(folder: Path, n: int, width: int, height: int, fps: int, seconds:
     return paths
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """user + system CPU seconds of process ``root`` and all its descendants (from /proc; Linux)."""
-    parent: dict[int, int] = {}
-    ticks: dict[int, int] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parent[int(d)] = int(fields[1])
-        ticks[int(d)] = int(fields[11]) + int(fields[12])
-    keep = {root}
-    changed = True
-    while changed:
-        changed = False
-        for pid, ppid in parent.items():
-            if ppid in keep and pid not in keep:
-                keep.add(pid)
-                changed = True
-    return sum(ticks.get(p, 0) for p in keep) / os.sysconf("SC_CLK_TCK")
-
-
 def bench_direct(paths: list[Path], k: int, size: int, decoder: str, repeat: int) -> tuple[list[float], list[float]]:
     load_frames(paths[0], k, size, decoder=decoder)  # import + first-open costs out of the timing
-    times, cpu = [], []
-    for _ in range(repeat):
-        t0, c0 = time.perf_counter(), time.process_time()
+
+    def one_pass() -> None:
         for p in paths:
             f, _ = load_frames(p, k, size, decoder=decoder)
             assert f.shape == (k, size, size, 3)
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return times, cpu
+
+    runs = [timed(one_pass)[1] for _ in range(repeat)]
+    return [r.wall_s for r in runs], [r.cpu_s for r in runs]
 
 
 def bench_ray(paths: list[Path], k: int, size: int, cpus: int, batch_size: int, decoder: str,
               repeat: int) -> tuple[list[float], list[float]]:
-    import ray
-
-    from pipelines.data import start_local_ray, stop_local_ray, video_dataset
-
     table = pa.Table.from_pylist([{"dataset": "bench", "split": "bench", "video_id": p.stem, "video_path": str(p),
                                    "caption_id": p.stem, "caption": "x"} for p in paths], schema=MANIFEST_SCHEMA)
-    tmp = start_local_ray(num_cpus=cpus, object_store_mb=1024)
-    try:
+    with connect(None, num_cpus=cpus, object_store_mb=1024, log_to_driver=False):
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
-        import logging
-
         logging.getLogger("ray.data").setLevel(logging.WARNING)
 
         def run(tbl) -> int:
@@ -132,20 +102,18 @@ def bench_ray(paths: list[Path], k: int, size: int, cpus: int, batch_size: int, 
             return n
 
         run(table.slice(0, min(len(paths), 4 * batch_size)))  # warm-up: start and import the workers
-        times, cpu = [], []
-        for _ in range(repeat):
-            t0, c0 = time.perf_counter(), tree_cpu_seconds(os.getpid())
+
+        def one_pass() -> None:
             n = run(table)
-            times.append(time.perf_counter() - t0)
-            cpu.append(tree_cpu_seconds(os.getpid()) - c0)  # driver + every Ray process it started
             assert n == len(paths), (n, len(paths))
-        return times, cpu
-    finally:
-        stop_local_ray(tmp)
+
+        # CPU time of the driver and every Ray process it started: the decoding happens in the workers
+        runs = [timed(one_pass, cpu_clock=tree_cpu_seconds)[1] for _ in range(repeat)]
+        return [r.wall_s for r in runs], [r.cpu_s for r in runs]
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.decode", description=__doc__.split("\n\n")[0])
     ap.add_argument("--videos", type=int, default=120)
     ap.add_argument("--width", type=int, default=320)
     ap.add_argument("--height", type=int, default=240)

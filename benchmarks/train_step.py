@@ -1,9 +1,11 @@
 """Training-step throughput: samples/s of one optimiser step for the tiny and vit-b-32 presets, and the share of step
 time spent waiting for data when the step is fed by the Ray Data pipeline (decord decode in ``map_batches``).
 
-    python benchmarks/train_step.py                      # CPU: compute-only steps, then the data-fed loop (tiny)
-    python benchmarks/train_step.py --device cuda        # CUDA, bf16 autocast (needs only glccl + torch)
-    python benchmarks/train_step.py --quick              # fewer steps, for a smoke run
+    python -m benchmarks.train_step                      # CPU: compute-only steps, then the data-fed loop (tiny)
+    python -m benchmarks.train_step --device cuda        # CUDA, bf16 autocast (needs only glccl + torch)
+    python -m benchmarks.train_step --quick              # fewer steps, for a smoke run
+
+(from the repository root.)
 
 Compute-only steps use random uint8 frames and random tokens, so they measure the model, the GLCCL head and the
 optimiser. The data-fed loop runs the same step on batches streamed from the synthetic benchmark's mp4 files and
@@ -14,16 +16,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import statistics
 import time
+from pathlib import Path
 
 import torch
 
+from benchmarks.measure import machine, median, repeat
 from glccl import engine
+from glccl.config import DataConfig
 from glccl.losses import build_loss
 from glccl.model import create_model
 from glccl.optim import build_optimizer
+from pipelines import data as pdata
+from pipelines.ray_session import connect
+from pipelines.run_data import ensure_manifest
 
 
 def random_batch(model, batch: int, frames: int, words: int, device) -> dict[str, torch.Tensor]:
@@ -42,30 +48,16 @@ def time_steps(preset: str, batch: int, steps: int, device: torch.device, head: 
     opt = build_optimizer(model, lr=1e-4, coef_lr=1e-3, weight_decay=0.2)
     loss_fn = build_loss(model.head)
     b = random_batch(model, batch, frames, words, device)
-    times = []
-    for i in range(steps + 2):  # 2 warm-up steps
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        engine.train_step(model, loss_fn, b, opt, grad_clip=1.0, device=device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
+    times = repeat(lambda: engine.train_step(model, loss_fn, b, opt, grad_clip=1.0, device=device), steps, warmup=2,
+                   device=device)
+    med = median(times).wall_s
     return {"step_s": med, "samples_per_s": batch / med,
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
 
 
 def data_fed(batch: int, steps: int, root: str) -> dict[str, float]:
     """Tiny model trained in this process on batches streamed by Ray Data from the synthetic benchmark."""
-    from pathlib import Path
-
-    from glccl.config import DataConfig
-    from pipelines import data as pdata
-    from pipelines.train import ensure_manifest, init_ray
-
-    init_ray(None, num_cpus=os.cpu_count() or 2)
+    connect(None, num_cpus=os.cpu_count() or 2)
     manifest = ensure_manifest(DataConfig(dataset="synth", root=root), Path("runs") / "bench-train-step")
     model = create_model("tiny", num_frames=12, max_words=32)
     ds = pdata.video_dataset(manifest, "train", num_frames=12, size=model.image_size, train=True, max_words=32,
@@ -90,19 +82,17 @@ def data_fed(batch: int, steps: int, root: str) -> dict[str, float]:
     return {"steps": done, "samples_per_s": done * batch / total, "data_wait_share": wait / total}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train_step", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--data-root", default="data/synth")
     p.add_argument("--skip-data", action="store_true")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     device = torch.device(args.device)
     steps = 3 if args.quick else 8
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor())
-    print(f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, device {device}"
-          + (" (bf16 autocast)" if device.type == "cuda" else " (fp32)"))
+    print(f"machine: {machine(device)}; device {device}" + (" (bf16 autocast)" if device.type == "cuda" else " (fp32)"))
     rows = [("tiny", 64, steps), ("vit-b-32", 8, max(2, steps // 3))]
     print(f"\n{'preset':<10}{'batch':>6}{'params (M)':>12}{'step (s)':>10}{'samples/s':>11}")
     for preset, batch, n in rows:

@@ -14,18 +14,22 @@ Each listening TCP socket (and bound UDP socket) of the processes is classified:
 - ``OPEN``: anything else bound beyond the loopback address. The audit fails on it.
 
 The exit status is 1 when any socket is OPEN. Only the given process trees are inspected (their descendants and the
-sessions they lead), never other processes on the machine.
+sessions they lead), never other processes on the machine. This module is the audit; the command lines above live in
+``cluster.exposure_cli`` and ``cluster.local``.
 """
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
-import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+import grpc
+import psutil
+
+from cluster.processes import node_ip, process_tree
 
 # One Ray gRPC method per Ray server kind (an empty request is a valid default message for each), and whether the
 # control call with the token is harmless enough to make (read-only methods only).
@@ -69,12 +73,6 @@ def is_loopback(host: str) -> bool:
     return ip.is_loopback
 
 
-def _psutil():
-    from cluster.local import _psutil as ps
-
-    return ps()
-
-
 def _name(proc) -> str:
     try:
         name = proc.name()
@@ -94,15 +92,14 @@ def _name(proc) -> str:
 
 def listeners(procs: list) -> list[Listener]:
     """Listening TCP sockets and bound, unconnected UDP sockets of these processes (psutil.Process objects)."""
-    ps = _psutil()
     by_pid = {p.pid: p for p in procs}
     out: list[Listener] = []
     seen: set[tuple] = set()
-    for c in ps.net_connections("inet"):
+    for c in psutil.net_connections("inet"):
         if c.pid not in by_pid or not c.laddr:
             continue
         proto = "tcp" if c.type == 1 else "udp"  # socket.SOCK_STREAM == 1
-        if proto == "tcp" and c.status != ps.CONN_LISTEN:
+        if proto == "tcp" and c.status != psutil.CONN_LISTEN:
             continue
         if proto == "udp" and c.raddr:
             continue
@@ -135,8 +132,6 @@ def _http_status(host: str, port: int, token: str | None, timeout: float = 3.0) 
 
 
 def _grpc_code(host: str, port: int, method: str, token: str | None, timeout: float = 3.0) -> str:
-    import grpc
-
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     channel = grpc.insecure_channel(target)
     try:
@@ -183,8 +178,6 @@ def classify(listener: Listener, token: str | None, network_ip: str, metrics_por
 
 def audit(procs: list, token: str | None = None, metrics_ports: set[int] = frozenset(),
           network_ip: str | None = None) -> list[Finding]:
-    from cluster.local import node_ip
-
     ip = network_ip or node_ip()
     return [classify(listener, token, ip, set(metrics_ports)) for listener in listeners(procs)]
 
@@ -203,44 +196,10 @@ def format_report(findings: list[Finding]) -> str:
 
 
 def cluster_audit(cluster) -> list[Finding]:
-    """Audit a running ``cluster.local.LocalCluster``: every process it started, with its token."""
-    from cluster.local import cluster_ports, process_tree
-
+    """Audit a running ``cluster.local.LocalCluster``: every process it started, with its token (and its two
+    Prometheus exporters named as such)."""
     roots = [(n["pid"], n.get("create_time")) for n in cluster.live_nodes()]
     ml = cluster.state.get("mlflow") or {}
     if ml.get("pid"):
         roots.append((ml["pid"], ml.get("create_time")))
-    ports = cluster_ports(cluster.base_port)
-    return audit(process_tree(roots), cluster.token(), {ports["dashboard_metrics"], ports["autoscaler_metrics"]})
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="glccl exposure", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pid", type=int, action="append", default=[], help="root of a process tree (repeatable)")
-    p.add_argument("--cluster-dir", default=None, help="a local cluster's dir (python -m cluster.local up)")
-    p.add_argument("--token-file", default=None, help="the Ray token of the processes, for the control probes")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    if not args.pid and not args.cluster_dir:
-        p.error("give --pid PID or --cluster-dir DIR")
-    from cluster.local import ClusterError, LocalCluster, process_tree
-
-    try:
-        findings = []
-        if args.cluster_dir:
-            findings += cluster_audit(LocalCluster.load(args.cluster_dir))
-        if args.pid:
-            token = Path(args.token_file).read_text().strip() if args.token_file else None
-            procs = process_tree([(pid, None) for pid in args.pid])
-            if not procs:
-                raise ClusterError(f"no process with PID {', '.join(map(str, args.pid))}")
-            findings += audit(procs, token)
-    except (ClusterError, OSError) as e:
-        print(f"glccl exposure: {e}", file=sys.stderr)
-        return 2
-    print(format_report(findings))
-    return 1 if any(f.verdict == "OPEN" for f in findings) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return audit(process_tree(roots), cluster.token(), cluster.metrics_ports)

@@ -44,23 +44,34 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
+import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ray.exceptions import RayError
+from ray.job_submission import JobSubmissionClient
+from ray.util.state import StateApiClient
+from ray.util.state.common import ListApiOptions, StateResource
+from ray.util.state.exception import RayStateApiException
+
+from cluster.exposure import cluster_audit, format_report
+from cluster.processes import GRACE_S, LOOPBACK, alive, kill_tree, node_ip, port_free, start_time
+from pipelines.ui import start_server
+
 DEFAULT_DIR = "runs/cluster"
 DEFAULT_BASE_PORT = 46379
-HOST = "127.0.0.1"
+HOST = LOOPBACK
 AUTH_MODE = "token"
 TOKEN_FILE = "auth_token"
 # Variables that must not leak from the caller's environment into the cluster's processes or clients: another token
@@ -68,7 +79,6 @@ TOKEN_FILE = "auth_token"
 # loopback address (it stops `ray start --address` from joining a cluster).
 FOREIGN_ENV = ("RAY_AUTH_TOKEN", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
 STATE_FILE = "state.json"
-GRACE_S = 10.0
 
 # Port layout from the base port P: P gcs, P+1 dashboard, P+2 ray client server, P+3 MLflow server, P+4 and P+5 the
 # head's Prometheus exporters (dashboard, autoscaler); node i (0 = head, 1.. = workers in order of creation) uses
@@ -80,22 +90,18 @@ NODE_PORTS = {"node_manager": 0, "object_manager": 1, "dashboard_agent_listen": 
 NODE_STRIDE = 10
 MAX_NODES = 16
 WORKER_PORT_RANGE = (10002, 19999)
+# Every node carries the label NODE_LABEL=<its name>: the state API lists node labels (not ports), so this is how a
+# Ray node is matched to the process that `up`/`add-worker` started and recorded.
+NODE_LABEL = "glccl/node"
+# Ray's job and state clients take their address from these variables, when set, over the address they are given;
+# this process may have them set for another Ray (a private local Ray, a job's driver).
+ADDRESS_ENV = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 _STATE_LOCK = threading.RLock()
+_ENV_LOCK = threading.Lock()
 
 
-def _psutil():
-    """psutil: installed, or the copy vendored in the Ray wheel (``ray/thirdparty_files``)."""
-    try:
-        import psutil
-    except ImportError:
-        import importlib.util
-
-        spec = importlib.util.find_spec("ray")
-        if spec is None or not spec.submodule_search_locations:
-            raise
-        sys.path.append(str(Path(next(iter(spec.submodule_search_locations))) / "thirdparty_files"))
-        import psutil
-    return psutil
+class ClusterError(RuntimeError):
+    pass
 
 
 def venv_bin() -> Path:
@@ -106,26 +112,6 @@ def venv_bin() -> Path:
 def ray_exe() -> str:
     exe = venv_bin() / "ray"
     return str(exe) if exe.exists() else (shutil.which("ray") or "ray")
-
-
-def node_ip() -> str:
-    """The address Ray itself picks for this machine (the interface of the default route; no packet is sent)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("8.8.8.8", 80))
-            return s.getsockname()[0]
-        except OSError:
-            return HOST
-
-
-def port_free(port: int, host: str = "") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def cluster_ports(base: int) -> dict[str, int]:
@@ -152,16 +138,8 @@ def find_base_port(start: int = DEFAULT_BASE_PORT, tries: int = 40, nodes: int =
     raise RuntimeError(f"no free block of ports from {start}")
 
 
-def _http_json(url: str, timeout: float = 3.0, token: str | None = None) -> Any:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
-        return json.loads(r.read().decode() or "null")
-
-
 def write_token(path: Path) -> str:
     """A new random token (256 bits, hex) written to ``path`` with mode 0600 (created so: never readable by others)."""
-    import secrets
-
     token = secrets.token_hex(32)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -173,109 +151,31 @@ def write_token(path: Path) -> str:
     return token
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# process trees, strictly from recorded PIDs
+@contextmanager
+def _explicit_address(url: str) -> Iterator[None]:
+    """While a Ray client resolves its address: ``ADDRESS_ENV`` variables that name another cluster are unset."""
+    with _ENV_LOCK:
+        saved = {k: os.environ.pop(k) for k in ADDRESS_ENV if os.environ.get(k, url) != url}
+        try:
+            yield
+        finally:
+            os.environ.update(saved)
 
 
-def _root(pid: int, create_time: float | None):
-    """The process with this PID if it is still the one we started (same start time), else None."""
-    ps = _psutil()
+class DashboardError(ConnectionError):
+    """The head's job server or state API did not answer, refused the token, or failed the request."""
+
+
+@contextmanager
+def _dashboard_call(what: str) -> Iterator[None]:
+    """Ray's clients raise their own errors (``RuntimeError``s, ``RayStateApiException``, ``AuthenticationError``) next
+    to ``OSError``s: one ``DashboardError`` (an ``OSError``) for callers that wait or report."""
     try:
-        p = ps.Process(pid)
-        if create_time is not None and abs(p.create_time() - create_time) > 1.0:
-            return None
-        return p
-    except (ps.NoSuchProcess, ps.AccessDenied):
-        return None
-
-
-def process_tree(roots: list[tuple[int, float | None]]) -> list:
-    """The recorded root processes, all their descendants, and every process in a session led by one of them.
-
-    Ray starts workers in process groups of their own and job drivers in sessions of their own; a worker whose raylet
-    died is re-parented, so descendants alone are not enough. Sessions are followed to closure: a process belongs to
-    the tree when its parent or its session leader does. Nothing else on the machine is ever included.
-    """
-    ps = _psutil()
-    found: dict[int, Any] = {}
-    for pid, ctime in roots:
-        p = _root(pid, ctime)
-        if p is None:
-            continue
-        found[p.pid] = p
-        try:
-            for c in p.children(recursive=True):
-                found[c.pid] = c
-        except ps.NoSuchProcess:
-            pass
-    if not found:
-        return []
-    changed = True
-    while changed:
-        changed = False
-        for p in ps.process_iter(["pid", "ppid"]):
-            if p.pid in found:
-                continue
-            try:
-                sid = os.getsid(p.pid)
-                if sid in found or p.info["ppid"] in found:
-                    found[p.pid] = p
-                    changed = True
-            except (ProcessLookupError, PermissionError, ps.NoSuchProcess):
-                continue
-    return list(found.values())
-
-
-def kill_tree(roots: list[tuple[int, float | None]], grace_s: float = GRACE_S, hard: bool = False) -> int:
-    """SIGTERM (or SIGKILL when ``hard``) every process of the trees at once; SIGKILL what is left after ``grace_s``.
-
-    Returns the number of processes signalled."""
-    ps = _psutil()
-    procs = process_tree(roots)
-    if not procs:
-        return 0
-    sig = signal.SIGKILL if hard else signal.SIGTERM
-    for p in procs:
-        try:
-            p.send_signal(sig)
-        except (ps.NoSuchProcess, ps.AccessDenied):
-            pass
-    _, alive = ps.wait_procs(procs, timeout=1.0 if hard else grace_s)
-    for p in alive:
-        try:
-            p.kill()
-        except (ps.NoSuchProcess, ps.AccessDenied):
-            pass
-    ps.wait_procs(alive, timeout=5.0)
-    # anything started by the dying processes in the meantime (a worker being spawned)
-    rest = process_tree(roots)
-    for p in rest:
-        try:
-            p.kill()
-        except (ps.NoSuchProcess, ps.AccessDenied):
-            pass
-    return len(procs)
-
-
-def _create_time(pid: int) -> float | None:
-    ps = _psutil()
-    try:
-        return ps.Process(pid).create_time()
-    except ps.NoSuchProcess:
-        return None
-
-
-def alive(pid: int | None, create_time: float | None) -> bool:
-    if not pid:
-        return False
-    p = _root(pid, create_time)
-    if p is None:
-        return False
-    ps = _psutil()
-    try:
-        return p.status() != ps.STATUS_ZOMBIE
-    except ps.NoSuchProcess:
-        return False
+        yield
+    except ClusterError:
+        raise
+    except (RayStateApiException, RayError, RuntimeError, ValueError) as e:
+        raise DashboardError(f"{what}: {e}") from e
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -290,10 +190,6 @@ class NodeSpec:
     num_cpus: int
     object_store_bytes: int
     num_gpus: int = 0
-
-
-class ClusterError(RuntimeError):
-    pass
 
 
 class LocalCluster:
@@ -379,6 +275,30 @@ class LocalCluster:
     def auth_env(self) -> dict[str, str]:
         """Ray's token authentication settings of this cluster: its processes and its clients all need them."""
         return {"RAY_AUTH_MODE": AUTH_MODE, "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
+
+    def auth_headers(self) -> dict[str, str]:
+        """The HTTP header that authenticates a client of the job server and the state API with this cluster's token.
+
+        Ray's clients add a header of their own only from this process's Ray auth settings, which Ray reads once and
+        which may belong to another Ray; a header given to them is sent as it is."""
+        return {"Authorization": f"Bearer {self.token()}"}
+
+    def job_client(self) -> JobSubmissionClient:
+        """Ray's job client for this cluster, authenticated with its token (checks that the job server answers)."""
+        with _dashboard_call(f"job server {self.dashboard_url}"), _explicit_address(self.dashboard_url):
+            return JobSubmissionClient(self.dashboard_url, headers=self.auth_headers())
+
+    def state_client(self) -> StateApiClient:
+        """Ray's state API client for this cluster, authenticated with its token."""
+        headers = {"Content-Type": "application/json", **self.auth_headers()}
+        with _dashboard_call(f"state API {self.dashboard_url}"), _explicit_address(self.dashboard_url):
+            return StateApiClient(self.dashboard_url, headers=headers)
+
+    @property
+    def metrics_ports(self) -> set[int]:
+        """The head's two Prometheus exporters (read-only, no credential: see the module docstring)."""
+        ports = cluster_ports(self.base_port)
+        return {ports["dashboard_metrics"], ports["autoscaler_metrics"]}
 
     def client_env(self) -> dict[str, str]:
         """What a client of this cluster (``ray job ...``) needs in its environment. Ray's job clients let
@@ -485,8 +405,6 @@ class LocalCluster:
 
         Runs in a thread during ``up``; ``up`` joins it before any teardown, so its PID is always recorded (a server
         that never became healthy is stopped by ``start_server`` itself)."""
-        from pipelines.ui import start_server
-
         log = self.dir / "logs" / "mlflow.log"
         store = self.dir / "mlflow"
         try:
@@ -494,7 +412,7 @@ class LocalCluster:
         except BaseException as e:  # reported by up()
             errors.append(e)
             return
-        record = {"pid": proc.pid, "create_time": _create_time(proc.pid), "port": port, "log": str(log),
+        record = {"pid": proc.pid, "create_time": start_time(proc.pid), "port": port, "log": str(log),
                   "backend_store_uri": f"sqlite:///{store / 'mlflow.db'}", "artifact_root": str(store / "mlartifacts")}
         with _STATE_LOCK:
             self.state["mlflow"] = record
@@ -510,7 +428,8 @@ class LocalCluster:
                f"--dashboard-agent-listen-port={np_['dashboard_agent_listen']}",
                f"--dashboard-agent-grpc-port={np_['dashboard_agent_grpc']}",
                f"--metrics-export-port={np_['metrics_export']}", f"--runtime-env-agent-port={np_['runtime_env_agent']}",
-               f"--min-worker-port={WORKER_PORT_RANGE[0]}", f"--max-worker-port={WORKER_PORT_RANGE[1]}"]
+               f"--min-worker-port={WORKER_PORT_RANGE[0]}", f"--max-worker-port={WORKER_PORT_RANGE[1]}",
+               f"--labels={NODE_LABEL}={spec.name}"]
         if spec.head:
             cmd += ["--head", f"--port={cp['gcs']}", "--include-dashboard=true", f"--dashboard-host={HOST}",
                     f"--dashboard-port={cp['dashboard']}", f"--ray-client-server-port={cp['ray_client_server']}"]
@@ -528,7 +447,7 @@ class LocalCluster:
             out.flush()
             proc = subprocess.Popen(cmd, env=self.node_env(), stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(self.dir))
-        ctime = _create_time(proc.pid)
+        ctime = start_time(proc.pid)
         node = {"name": spec.name, "index": spec.index, "role": "head" if spec.head else "worker", "pid": proc.pid,
                 "create_time": ctime, "temp_dir": temp_dir, "num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus,
                 "object_store_bytes": spec.object_store_bytes, "ports": node_ports(self.base_port, spec.index),
@@ -631,21 +550,24 @@ class LocalCluster:
             if not alive(head["pid"], head["create_time"]):
                 raise ClusterError(f"the head node exited; see {head['log']} and {head['temp_dir']}")
             try:
-                _http_json(f"{self.dashboard_url}/api/version", token=self.token())
+                self.job_client()
                 return
-            except (OSError, ValueError):
+            except OSError:
                 time.sleep(0.5)
         raise ClusterError(f"the head's dashboard did not answer in {timeout_s:.0f} s; see {head['log']}")
 
     def ray_nodes(self) -> list[dict[str, Any]]:
-        """The cluster's nodes as the GCS sees them (dashboard API): node id, ip, state, resources, ports."""
-        data = _http_json(f"{self.dashboard_url}/nodes?view=summary", timeout=5, token=self.token())
+        """The cluster's nodes as the GCS sees them (Ray's state API): node id, state, head, resources, and the node
+        manager port recorded for the node of that name (``NODE_LABEL``; None for a node this cluster did not start)."""
+        client = self.state_client()
+        with _dashboard_call(f"state API {self.dashboard_url}"):
+            nodes = client.list(StateResource.NODES, options=ListApiOptions(timeout=5), raise_on_missing_output=False)
+        ports = {n["name"]: n["ports"]["node_manager"] for n in self.nodes}
         out = []
-        for n in (data.get("data") or {}).get("summary") or []:
-            raylet = n.get("raylet") or {}
-            out.append({"node_id": raylet.get("nodeId"), "state": raylet.get("state"),
-                        "node_manager_port": raylet.get("nodeManagerPort"), "is_head": raylet.get("isHeadNode"),
-                        "resources": raylet.get("resourcesTotal") or {}})
+        for n in nodes:
+            name = (n.labels or {}).get(NODE_LABEL)
+            out.append({"node_id": n.node_id, "state": n.state, "node_manager_port": ports.get(name),
+                        "is_head": n.is_head_node, "resources": n.resources_total or {}})
         return out
 
     def wait_for_nodes(self, count: int, timeout_s: float = 120.0) -> list[dict[str, Any]]:
@@ -665,7 +587,10 @@ class LocalCluster:
         raise ClusterError(f"{len(last)} of {count} nodes alive after {timeout_s:.0f} s")
 
     def jobs(self) -> list[dict[str, Any]]:
-        return _http_json(f"{self.dashboard_url}/api/jobs/", timeout=5, token=self.token()) or []
+        """Every job of the cluster (Ray's job client), as JSON-like dicts: ``submission_id``, ``status``, ..."""
+        client = self.job_client()
+        with _dashboard_call(f"job server {self.dashboard_url}"):
+            return [j.model_dump(mode="json") for j in client.list_jobs()]
 
     def status(self) -> dict[str, Any]:
         st: dict[str, Any] = {"cluster_dir": str(self.dir), "gcs_address": self.gcs_address,
@@ -719,8 +644,6 @@ def _print_status(st: dict[str, Any]) -> None:
 
 
 def _env_lines(c: LocalCluster) -> list[str]:
-    import shlex
-
     lines = [f"export {k}={shlex.quote(v)}" for k, v in c.client_env().items()]
     return lines + ["unset RAY_AUTH_TOKEN"]  # it would take precedence over RAY_AUTH_TOKEN_PATH
 
@@ -778,8 +701,6 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(_env_lines(c)))
             return 0
         if args.cmd == "audit":
-            from cluster.exposure import cluster_audit, format_report
-
             findings = cluster_audit(c)
             print(format_report(findings))
             return 1 if any(f.verdict == "OPEN" for f in findings) else 0

@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ray.job_submission import JobSubmissionClient
+
+from cluster.local import FOREIGN_ENV, LocalCluster
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_RUNTIME_ENV = HERE / "runtime_env.yaml"
@@ -44,20 +47,20 @@ def split_entrypoint(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def resolve_target(address: str | None, cluster_dir: str | None) -> dict[str, Any]:
-    """Where to submit: ``{"address": http://..., "env": {...client env}, "mlflow_uri": ... or None, "source": ...}``."""
-    from cluster.local import LocalCluster
-
+    """Where to submit: ``{"address": http://..., "env": {...client env}, "cluster": LocalCluster or None,
+    "mlflow_uri": ... or None, "source": ...}``."""
     if address:
-        return {"address": address, "env": {}, "mlflow_uri": None, "source": "--address"}
+        return {"address": address, "env": {}, "cluster": None, "mlflow_uri": None, "source": "--address"}
     candidates = [cluster_dir] if cluster_dir else []
     if not cluster_dir and os.environ.get("RAY_ADDRESS", "").startswith("http"):
-        return {"address": os.environ["RAY_ADDRESS"], "env": {}, "mlflow_uri": None, "source": "RAY_ADDRESS"}
+        return {"address": os.environ["RAY_ADDRESS"], "env": {}, "cluster": None, "mlflow_uri": None,
+                "source": "RAY_ADDRESS"}
     if not cluster_dir:
         candidates.append(DEFAULT_CLUSTER_DIR)
     for d in candidates:
         if (Path(d) / "state.json").is_file():
             c = LocalCluster.load(d)
-            return {"address": c.dashboard_url, "env": c.auth_env(), "mlflow_uri": c.mlflow_uri,
+            return {"address": c.dashboard_url, "env": c.auth_env(), "cluster": c, "mlflow_uri": c.mlflow_uri,
                     "source": f"local cluster {c.dir}"}
     where = cluster_dir or DEFAULT_CLUSTER_DIR
     raise SystemExit(f"glccl submit: no cluster address: pass --address http://HEAD:DASHBOARD_PORT, set RAY_ADDRESS, "
@@ -146,16 +149,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if target["env"]:  # a local cluster: its token only (another one in the caller's env would take precedence)
-        from cluster.local import FOREIGN_ENV
-
         for key in FOREIGN_ENV:
             os.environ.pop(key, None)
-    os.environ.update(target["env"])  # before Ray reads its auth settings
+    os.environ.update(target["env"])
     # Ray's job client lets these two override its explicit address argument: make them agree with the target
     os.environ["RAY_ADDRESS"] = os.environ["RAY_API_SERVER_ADDRESS"] = target["address"]
-    from ray.job_submission import JobSubmissionClient
-
-    client = JobSubmissionClient(target["address"])
+    # A local cluster's token goes in the header: Ray read this process's auth settings when it was imported, before
+    # the lines above. Other clusters authenticate with the caller's own RAY_AUTH_* settings.
+    headers = target["cluster"].auth_headers() if target["cluster"] is not None else None
+    client = JobSubmissionClient(target["address"], headers=headers)
     job_id = client.submit_job(entrypoint=shlex.join(entrypoint), runtime_env=renv, submission_id=args.job_id)
     ray_cli = f"{prefix + ' ' if prefix else ''}ray job"
     addr = f"--address {target['address']}"

@@ -22,8 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ui": ("pipelines.ui", "start the MLflow UI over the project's tracking store"),
     "runs": ("pipelines.ui", "print the top runs of an experiment or sweep"),
     "heads": ("pipelines.heads_cli", "list the similarity heads"),
+    "config": ("pipelines.config_cli", "--list: every config key with its type, default and meaning; --show: a "
+                                       "resolved config"),
     "submit": ("cluster.submit", "submit a job to a Ray cluster"),
-    "exposure": ("cluster.exposure", "list the sockets a process tree listens on; fail on any open to the network"),
+    "exposure": ("cluster.exposure_cli", "list the sockets a process tree listens on; fail on any open to the network"),
 }
 
 

@@ -32,8 +32,8 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
+import uuid
 from collections import OrderedDict
 from pathlib import Path
 
@@ -41,6 +41,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import ray
+from ray.data.extensions import ArrowTensorArray
+from tqdm import tqdm
 
 from glccl.data.frames import decode_clip, pad_frames, sample_indices, snap_indices
 from glccl.data.manifest import read_manifest, select_split, video_order
@@ -63,8 +66,7 @@ class _NativeDtypes(dict):
 def torch_dtypes(mode: str = "pairs") -> dict:
     """``dtypes`` for ``iter_torch_batches``. ``frames`` keep their own dtype: uint8 pixels ``[K, S, S, 3]`` from videos
     and frame caches, float32 features ``[K, D]`` from a feature cache."""
-    import torch
-
+    import torch  # lazy: decode workers must not import torch
     d = _NativeDtypes(frame_mask=torch.bool, video_index=torch.int64)
     if mode == "pairs":
         d.update(tokens=torch.int64, caption_index=torch.int64)
@@ -72,46 +74,10 @@ def torch_dtypes(mode: str = "pairs") -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# local Ray (CLI, benchmark): a private instance, never another user's cluster
-
-
-def start_local_ray(num_cpus: int | None = None, object_store_mb: int | None = None) -> str | None:
-    """Start a private local Ray (own short temp dir, no dashboard, no address lookup, own token, listening on
-    127.0.0.1 only: ``pipelines.private_ray``) unless Ray is already initialised in this process. Returns the temp dir
-    to delete after ``ray.shutdown()``, or None."""
-    import ray
-
-    from pipelines.private_ray import secure_private_ray
-
-    if ray.is_initialized():
-        return None
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.pop("RAY_ADDRESS", None)
-    tmp = tempfile.mkdtemp(prefix="glr", dir="/tmp")  # Ray's socket paths must stay short
-    restore = secure_private_ray()
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=tmp, log_to_driver=False,
-             configure_logging=False,
-             object_store_memory=int(object_store_mb * 2**20) if object_store_mb else None)
-    restore()
-    return tmp
-
-
-def stop_local_ray(tmp: str | None) -> None:
-    import ray
-
-    if tmp is None:
-        return
-    ray.shutdown()
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # skip log: bad items seen by the decode tasks, gathered in one small actor
 
 
 def _skip_actor_cls():
-    import ray
-
     @ray.remote(num_cpus=0)
     class _SkipActor:
         """One per driver session, shared by every SkipLog: entries are kept per log id."""
@@ -138,8 +104,6 @@ _SKIP_ACTORS: dict[str, object] = {}
 
 def _shared_skip_actor():
     """The session's skip actor, started once (a new actor per dataset would cost a worker process each time)."""
-    import ray
-
     key = f"{ray.get_runtime_context().get_session_name()}/{ray.get_runtime_context().get_job_id()}"
     if key not in _SKIP_ACTORS:
         _SKIP_ACTORS.clear()
@@ -154,21 +118,15 @@ class SkipLog:
     """
 
     def __init__(self, stage: str = "stream", max_fraction: float = 0.01):
-        import uuid
-
         self.stage = stage
         self.max_fraction = max_fraction
         self.log_id = uuid.uuid4().hex
         self.actor = _shared_skip_actor()
 
     def add(self, entries: list[dict]) -> None:
-        import ray
-
         ray.get(self.actor.add.remote(self.log_id, entries))
 
     def entries(self) -> list[dict]:
-        import ray
-
         return ray.get(self.actor.get.remote(self.log_id))[0]
 
     def report(self, total: int | None = None) -> SkipReport:
@@ -213,22 +171,19 @@ def eval_texts(manifest, split: str, max_words: int = 32):
     ``text_to_video[i]`` is the ``video_index`` (as in ``video_dataset`` rows) of caption ``i``'s video and
     ``video_ids[j]`` is the id of video ``j``.
     """
-    import torch
+    import torch  # lazy: decode workers must not import torch
 
-    from glccl.tokenizer import tokenize
-
+    from glccl.tokenizer import tokenize  # lazy: decode workers must not import torch
     it = split_items(manifest, split)
     tokens = tokenize(it["captions"], max_words)
     return tokens, torch.as_tensor(it["row_video_index"], dtype=torch.int64), it["captions"], it["video_ids"]
 
 
 def _items(manifest, split: str, mode: str, max_words: int = 32) -> pa.Table:
+    from glccl.tokenizer import tokenize  # lazy: decode workers must not import torch
     it = split_items(manifest, split)
     t = it["table"]
     if mode == "pairs":  # captions tokenised here, on the driver: map tasks never import the tokenizer (torch, open_clip)
-        from ray.data.extensions import ArrowTensorArray
-
-        from glccl.tokenizer import tokenize
 
         tokens = tokenize(it["captions"], max_words).numpy().astype(np.int64)
         return pa.table({
@@ -278,22 +233,28 @@ def _finish(batch, keep: list[int], frames: list, masks: list, num_frames: int, 
     return out
 
 
+DRAW_COLUMN = "_draw"
+
+
+def _with_draws(ds, seed: int | None):
+    """With a seed, a ``DRAW_COLUMN`` of random numbers that Ray Data draws anew on every execution of the dataset
+    (every epoch), from the seed, the task and the execution's index (``ray.data.expressions.random`` with
+    ``reseed_after_execution``): the same in the same epoch of every run, different from one epoch to the next.
+    ``_rng`` seeds a batch's frame sampling from it; the map functions never pass it on."""
+    if seed is None:
+        return ds
+    return ds.with_column(DRAW_COLUMN, ray.data.expressions.random(seed=int(seed), reseed_after_execution=True))
+
+
 def _rng(seed, batch) -> np.random.Generator:
     """Frame-sampling RNG of one batch: fresh entropy without a seed; with one, a function of the seed, the batch and
-    the task's position in this execution (the block order is reshuffled every epoch), so epochs differ while runs
-    repeat."""
+    the epoch's draw (``_with_draws``), so epochs differ while runs repeat. Without a draw column (a dataset built
+    without ``_with_draws``) the frames repeat every epoch, still reproducibly."""
     if seed is None:
         return np.random.default_rng()
     key = int(batch["caption_index"][0]) if "caption_index" in batch else int(batch["video_index"][0])
-    position = 0
-    try:  # internal API of Ray Data: absent -> same frames every epoch, still reproducible
-        from ray.data._internal.execution.interfaces.task_context import TaskContext
-
-        ctx = TaskContext.get_current()
-        position = int(ctx.task_idx) if ctx is not None else 0
-    except Exception:  # noqa: BLE001
-        pass
-    return np.random.default_rng([int(seed), key, position])
+    draw = int(float(batch[DRAW_COLUMN][0]) * 2**53) if DRAW_COLUMN in batch else 0  # the float's 53 bits, exactly
+    return np.random.default_rng([int(seed), key, draw])
 
 
 def _decode_batch(batch: dict, *, num_frames: int, size: int, train: bool, max_words: int, decoder: str,
@@ -405,8 +366,6 @@ def video_dataset(manifest, split: str, *, num_frames: int, size: int, train: bo
     ``num_cpus`` per map task defaults to 1 when decoding and 0.25 when reading a cache. Ray Data tasks need CPUs that
     Ray Train workers do not hold: leave some free (e.g. ``resources_per_worker={"CPU": 0.5}`` on a 2-core node).
     """
-    import ray
-
     items = _items(manifest, split, mode, max_words)
     shuffle = train if shuffle is None else shuffle
     total = items.num_rows
@@ -450,6 +409,7 @@ def video_dataset(manifest, split: str, *, num_frames: int, size: int, train: bo
     ds = ray.data.from_arrow(_blocks(items, batch_size))
     if shuffle:  # a new block order on every execution (epoch); with a seed, the same sequence of orders every run
         ds = ds.randomize_block_order(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True))
+    ds = _with_draws(ds, seed)  # new random frames every epoch, the same ones in every run
     common = {"num_frames": num_frames, "size": size, "train": train, "max_words": max_words, "seed": seed}
     if num_cpus is None:
         num_cpus = 0.25 if cache_dir is not None else 1.0
@@ -587,8 +547,6 @@ def prepare_cache(manifest, splits, out_dir: str | os.PathLike, *, num_frames: i
     Each split is written to a temporary folder and moved into place when complete. Returns a summary dict with one
     entry per split, including ``exceeded`` (skipped share above ``max_skip_fraction``).
     """
-    import ray
-
     if isinstance(splits, str):
         splits = [splits]
     table = _table(manifest)
@@ -616,8 +574,6 @@ def prepare_cache(manifest, splits, out_dir: str | os.PathLike, *, num_frames: i
 
 def _prepare_split(table, split, out: Path, *, m, num_frames, size, cache_factor, decoder, timeout_s, strict,
                    max_skip_fraction, batch_size, num_cpus, memory, rows_per_file, progress) -> dict:
-    import ray
-
     t0 = time.perf_counter()
     items = _items(table, split, "videos")
     n = items.num_rows
@@ -632,8 +588,6 @@ def _prepare_split(table, split, out: Path, *, m, num_frames, size, cache_factor
         num_cpus=num_cpus, memory=memory if memory is not None else _task_memory(batch_size, m, size))
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=n, desc=f"prepare {split}", unit="video", dynamic_ncols=True)
     writer = _CacheWriter(tmp, rows_per_file)
     try:
@@ -681,11 +635,9 @@ class _FrameTower:
     """Ray Data actor: holds a CLIP visual tower and turns cached frames into float16 per-frame features."""
 
     def __init__(self, preset: str, visual_state, threads: int = 1):
-        import ray
-        import torch
+        import torch  # lazy: decode workers must not import torch
 
-        from glccl.encoders import clip as clip_enc
-
+        from glccl.encoders import clip as clip_enc  # lazy: decode workers must not import torch
         if isinstance(visual_state, ray.ObjectRef):  # the weights travel once through the object store
             visual_state = ray.get(visual_state)
 
@@ -695,8 +647,7 @@ class _FrameTower:
         self.encode = clip_enc.encode_frames
 
     def __call__(self, batch: dict) -> pa.Table:
-        import torch
-
+        import torch  # lazy: decode workers must not import torch
         paths = [str(p) for p in batch["cache_file"]]
         groups = [int(rg) for rg in batch["cache_row_group"]]
         out = {"video_id": [], "video_index": [], "num_total": [], "frame_index": [], "frames": [], "size": []}
@@ -716,8 +667,7 @@ class _FrameTower:
 
 def tower_fingerprint(model) -> str:
     """Hex digest of a model's frame tower (CLIP visual): a feature cache is valid for this tower only."""
-    from glccl.search import weights_fingerprint
-
+    from glccl.search import weights_fingerprint  # lazy: decode workers must not import torch
     return weights_fingerprint({"visual": model.clip.visual}, f"preset={model.preset};image={model.image_size}")
 
 
@@ -730,8 +680,6 @@ def prepare_features(frame_cache: str | os.PathLike, splits, out_dir: str | os.P
     ``meta.json`` records the tower's fingerprint (:func:`tower_fingerprint`), preset and feature width; each split is
     written to a temporary folder and moved into place when complete. Ray Data runs the tower in ``actors`` actors.
     """
-    import ray
-
     if isinstance(splits, str):
         splits = [splits]
     out = Path(out_dir)

@@ -13,12 +13,21 @@ the first bad item (the message names the file and the reason).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
 
-from glccl.config import DataConfig
+import pyarrow as pa
+from tqdm import tqdm
+
+from glccl.config import DataConfig, load_config
+from glccl.data.manifest import build_manifest, build_manifests, default_video_dir, read_manifest, write_manifest
 from glccl.data.report import AnnotationError, BadInputError, DataError, MissingAnnotationError, SkipReport
+from glccl.data.synth import check_events, generate
+from glccl.model import create_model_from_config
+from pipelines import data as D
+from pipelines import ray_session
 
 DEFAULT_SPLITS = {"synth": ("train", "val", "test"), "msrvtt": ("train", "test"), "msvd": ("train", "val", "test"),
                   "didemo": ("train", "val", "test"), "vatex": ("train", "val", "test")}
@@ -43,10 +52,6 @@ def _summary(title: str, items: int, skipped: int, seconds: float, unit: str, ex
 
 
 def cmd_synth(args) -> int:
-    from tqdm import tqdm
-
-    from glccl.data.synth import generate
-
     total = args.num_train + args.num_val + args.num_test
     t0 = time.perf_counter()
     with tqdm(total=total, desc="synth", unit="video", dynamic_ncols=True, disable=args.quiet) as bar:
@@ -64,10 +69,6 @@ def cmd_synth(args) -> int:
 
 
 def cmd_manifest(args) -> int:
-    from tqdm import tqdm
-
-    from glccl.data.manifest import build_manifest, default_video_dir, write_manifest
-
     out = Path(args.out or f"data/manifests/{args.dataset}.parquet")
     report = SkipReport(stage=f"manifest {args.dataset}", strict=args.strict, max_fraction=args.max_skip_fraction)
     video_dir = Path(args.video_dir) if args.video_dir else default_video_dir(args.root)
@@ -75,8 +76,6 @@ def cmd_manifest(args) -> int:
         p.suffix for p in video_dir.iterdir() if p.is_file() and p.suffix.lower() in (".mp4", ".avi", ".webm", ".mkv"))
     splits = args.split or list(DEFAULT_SPLITS[args.dataset])
     t0 = time.perf_counter()
-    import pyarrow as pa
-
     tables = []
     for split in tqdm(splits, desc=f"manifest {args.dataset}", unit="split", dynamic_ncols=True, disable=args.quiet):
         try:
@@ -113,8 +112,6 @@ def cmd_manifest(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from glccl.data.manifest import build_manifests, read_manifest
-
     report = SkipReport(stage="manifest", strict=args.strict, max_fraction=args.max_skip_fraction)
     if args.manifest:
         table = read_manifest(args.manifest)
@@ -129,33 +126,17 @@ def cmd_prepare(args) -> int:
         source = f"{args.dataset} annotations in {args.root}"
     out = Path(args.out or (Path(args.root) / "cache" if args.root else Path("data/cache")))
     if not args.manifest:  # keep the manifest next to the cache: training reads both (same video numbering)
-        from glccl.data.manifest import write_manifest
-
         write_manifest(table, out / "manifest.parquet")
         report.write(out / "manifest.skipped.json")
-    from pipelines import data as D
-
-    tmp = D.start_local_ray(num_cpus=args.num_cpus, object_store_mb=args.object_store_mb) if not args.address else None
-    if args.address:
-        import ray
-
-        ray.init(address=args.address, log_to_driver=False)
-    import logging
-
+    session = ray_session.connect(args.address, num_cpus=args.num_cpus, object_store_mb=args.object_store_mb,
+                                  log_to_driver=False)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     t0 = time.perf_counter()
-    try:
+    with session:
         s = D.prepare_cache(table, splits, out, num_frames=args.num_frames, size=args.size,
                             cache_factor=args.cache_factor, decoder=args.decoder, timeout_s=args.timeout,
                             strict=args.strict, max_skip_fraction=args.max_skip_fraction,
                             batch_size=args.batch_size, num_cpus=args.cpus_per_task, progress=not args.quiet)
-    finally:
-        if tmp is not None:
-            D.stop_local_ray(tmp)
-        elif args.address:
-            import ray
-
-            ray.shutdown()  # disconnects from the external cluster; stops nothing there
     dt = time.perf_counter() - t0
     _summary("glccl data prepare", s["items"], s["skipped"] + report.num_skipped, dt, "videos", {
         "source": source,
@@ -181,8 +162,6 @@ def cmd_prepare(args) -> int:
 
 def events_range(text: str) -> tuple[int, int]:
     """``"MIN-MAX"`` or ``"N"`` -> ``(min, max)`` events per video (argparse type)."""
-    from glccl.data.synth import check_events
-
     try:
         lo, _, hi = text.partition("-")
         return check_events((int(lo), int(hi or lo)))
@@ -274,9 +253,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_features(args) -> int:
-    from glccl.config import load_config
-    from glccl.model import create_model_from_config
-
     cfg = load_config(args.config, args.overrides)
     dc = cfg.data
     if not dc.cache:
@@ -288,17 +264,11 @@ def cmd_features(args) -> int:
         print("glccl data features: --out must differ from the frame cache data.cache", file=sys.stderr)
         return 2
     model = create_model_from_config(cfg.model).eval()
-    from pipelines import data as D
-
     for split in splits:
         D.read_cache_meta(dc.cache, split)  # a missing split is named before Ray starts
-    tmp = D.start_local_ray(num_cpus=args.num_cpus)
     t0 = time.perf_counter()
-    try:
+    with ray_session.connect(None, num_cpus=args.num_cpus, log_to_driver=False):
         s = D.prepare_features(dc.cache, splits, args.out, model, actors=args.actors, threads=args.threads)
-    finally:
-        if tmp is not None:
-            D.stop_local_ray(tmp)
     n = sum(v["videos"] for v in s["splits"].values())
     _summary("glccl data features", n, 0, time.perf_counter() - t0, "videos", {
         "output": s["out_dir"],

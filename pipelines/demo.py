@@ -19,21 +19,12 @@ import time
 from pathlib import Path
 
 from glccl.config import ConfigError, load_config
+from glccl.heads import list_heads
+from pipelines import tracking, train
+from pipelines.run_data import ensure_synth
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 COLUMNS = ["t2v/R@1", "t2v/R@5", "t2v/R@10", "t2v/MdR", "t2v/MnR", "v2t/R@1", "v2t/R@5", "v2t/MnR"]
-
-
-def ensure_synth(root: Path, seed: int = 0) -> None:
-    from glccl.data import synth
-
-    if (root / "synth_meta.json").is_file():
-        print(f"[demo] synthetic benchmark found in {root}")
-        return
-    print(f"[demo] generating the synthetic benchmark in {root} ...", flush=True)
-    t0 = time.perf_counter()
-    summary = synth.generate(root, seed=seed)
-    print(f"[demo] generated {summary} in {time.perf_counter() - t0:.1f}s", flush=True)
 
 
 def format_table(rows: dict[str, dict[str, float]], times: dict[str, float]) -> str:
@@ -56,16 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base = load_config(args.config, args.overrides)
         heads = [h.strip() for h in args.heads.split(",") if h.strip()]
-        from glccl.heads import list_heads
-
         unknown = [h for h in heads if h not in list_heads()]
         if unknown:
             raise ConfigError(f"--heads: unknown head(s) {unknown} (known: {', '.join(list_heads())})")
     except ConfigError as e:
         print(f"glccl demo: {e}", file=sys.stderr)
         return 2
-
-    from pipelines import tracking, train
 
     if base.data.dataset == "synth":
         ensure_synth(Path(base.data.root))
@@ -76,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.resume:  # a fresh demo run, not a resume of the last one
             shutil.rmtree(ray_dir, ignore_errors=True)
             tracking.close_unfinished(tracking.default_tracking_uri(cfg.storage), cfg.experiment, cfg.name)
-        print(f"\n[demo] training head={head} ({cfg.train.num_workers} Ray Train workers, {cfg.train.epochs} epochs)",
+        print(f"\n[demo] training head={head} ({cfg.scaling.num_workers} Ray Train workers, {cfg.train.epochs} epochs)",
               flush=True)
         t0 = time.perf_counter()
         out = train.run(cfg, address=args.address)

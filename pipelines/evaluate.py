@@ -14,58 +14,23 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from glccl.config import ConfigError, RunConfig, load_config
-
-
-def load_checkpoint(path: str | Path, overrides: list[str] | None = None):
-    """Return (model, cfg) from a ``best_model.pt``; a missing, wrong or unsafe file is a one-line error
-    (FileNotFoundError, or ValueError: unreadable, not a checkpoint, or refused for carrying pickled code)."""
-    from glccl.model import create_model_from_config
-    from glccl.safe_load import load_tensors
-
-    path = Path(path)
-    blob = load_tensors(path, "checkpoint")
-    if not isinstance(blob, dict) or "model" not in blob or "config" not in blob:
-        raise ValueError(f"checkpoint {path} is not a glccl model checkpoint (expected keys 'model' and 'config')")
-    cfg = load_config(blob["config"], overrides)
-    model = create_model_from_config(cfg.model)
-    model.load_state_dict(blob["model"])
-    return model.eval(), cfg
+from glccl.config import ConfigError, RunConfig
+from glccl.evaluation import evaluate_retrieval
+from pipelines import ray_session, run_data
+from pipelines.checkpoints import load_model_checkpoint
+from pipelines.data import torch_dtypes
 
 
-def evaluate(model, cfg: RunConfig, split: str, storage: Path | None = None) -> dict[str, Any]:
-    from glccl import engine
-    from glccl.metrics import retrieval_metrics
-    from glccl.similarity import similarity_matrix
-    from pipelines import data as pdata
-    from pipelines.train import ensure_manifest
-
+def evaluate(model, cfg: RunConfig, split: str, storage: Path | None = None) -> dict[str, float]:
+    """Retrieval metrics of ``model`` on ``split`` of the config's data (Ray must be up: :func:`ray_session.connect`)."""
     storage = storage or Path(cfg.storage).resolve() / cfg.name
-    manifest = ensure_manifest(cfg.data, storage)
-    dc = cfg.data
-    ds = pdata.video_dataset(manifest, split, num_frames=cfg.model.num_frames, size=model.image_size,
-                             max_words=cfg.model.max_words, train=False, mode="videos", decoder=dc.decoder,
-                             cache=dc.cache, timeout_s=dc.decode_timeout_s, strict=dc.strict)
-    tokens, text_to_video, _, _ = pdata.eval_texts(manifest, split, cfg.model.max_words)
-    texts = {"tokens": tokens, "text_to_video": text_to_video}
-    batches = ds.iter_torch_batches(batch_size=cfg.train.eval_batch_size, dtypes=pdata.torch_dtypes("videos"))
-    vids = engine.encode_videos(model, batches)
-    order = torch.argsort(vids["video_index"])
-    column = {int(v): i for i, v in enumerate(vids["video_index"][order].tolist())}
-    t2v_all = torch.as_tensor(texts["text_to_video"])
-    keep = torch.tensor([int(v) in column for v in t2v_all.tolist()], dtype=torch.bool)
-    tfeat = engine.encode_texts(model, torch.as_tensor(texts["tokens"])[keep], cfg.train.eval_batch_size)
-    sim = similarity_matrix(model.head, tfeat, {"frames": vids["frames"][order], "frame_mask": vids["frame_mask"][order]},
-                            video_chunk=cfg.model.sim_chunk)
-    t2v = torch.tensor([column[int(v)] for v in t2v_all[keep].tolist()])
-    metrics = retrieval_metrics(sim, t2v)
-    metrics["num_texts"], metrics["num_videos"] = float(sim.shape[0]), float(sim.shape[1])
-    metrics["skipped_captions"] = float((~keep).sum())
-    return metrics
+    manifest = run_data.ensure_manifest(cfg.data, storage)
+    ds = run_data.split_dataset(cfg, manifest, split, model.image_size)
+    texts = run_data.eval_texts(manifest, split, cfg.model.max_words)
+    batches = ds.iter_torch_batches(batch_size=cfg.train.eval_batch_size, dtypes=torch_dtypes("videos"))
+    return evaluate_retrieval(model, batches, texts["tokens"], texts["text_to_video"],
+                              batch_size=cfg.train.eval_batch_size, video_chunk=cfg.model.sim_chunk).metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,13 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="key=value overrides of the checkpoint's config (e.g. data.root=...)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        model, cfg = load_checkpoint(args.checkpoint, args.overrides)
+        model, cfg = load_model_checkpoint(args.checkpoint, args.overrides)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"glccl eval: {e}", file=sys.stderr)
         return 2
-    from pipelines.train import init_ray, local_cpus
-
-    init_ray(args.address, local_cpus(cfg))
+    ray_session.connect(args.address, num_cpus=ray_session.local_cpus(cfg), dashboard=True, object_store_mb=2048)
     split = args.split or cfg.data.test_split
     metrics = evaluate(model, cfg, split)
     for k, v in metrics.items():

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 
+from glccl.heads import build_head, get_head_class, list_heads
+from glccl.losses import build_loss, loss_recipe
+
 
 def describe(name: str, dim: int, num_words: int, num_frames: int) -> list[str]:
     """Lines describing head ``name`` built at these sizes."""
-    from glccl.heads import build_head, get_head_class
-    from glccl.losses import build_loss, loss_recipe
-
     cls = get_head_class(name)
     head = build_head(name, num_words=num_words, num_frames=num_frames, dim=dim)
     n = sum(p.numel() for p in head.parameters())
@@ -28,7 +28,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--num-words", type=int, default=32)
     p.add_argument("--num-frames", type=int, default=12)
     args = p.parse_args(argv)
-    from glccl.heads import list_heads
 
     print(f"similarity heads (D={args.dim}, Nw={args.num_words}, K={args.num_frames}); set hyperparameters with "
           "model.head_args.<name>=<value>, the loss with loss.csc / loss.eta")

@@ -21,11 +21,22 @@ import the ``loader_module`` the ``MLmodel`` file names: use it only for models 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import mlflow.artifacts
+import mlflow.pyfunc
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from glccl.config import ConfigError, load_config, upgrade
+from glccl.model import create_model_from_config
+from pipelines.tracking import fluent_uri
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -39,8 +50,6 @@ class ModelFileError(ValueError):
 
 def write_model_dir(directory: str | os.PathLike, state_dict: dict, config: dict[str, Any]) -> Path:
     """Write ``model.safetensors`` and ``config.json`` into ``directory`` (created); returns it."""
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # clones: safetensors refuses tensors that share memory (tied or viewed weights); loading copies them back anyway
@@ -51,8 +60,6 @@ def write_model_dir(directory: str | os.PathLike, state_dict: dict, config: dict
 
 def log_model(state_dict: dict, config: dict[str, Any], pip_requirements: list[str]):
     """Log the weights and config as the active MLflow run's logged model ``best_model``; returns MLflow's ModelInfo."""
-    import mlflow.pyfunc
-
     with tempfile.TemporaryDirectory() as tmp:
         data = write_model_dir(Path(tmp) / DATA_DIR, state_dict, config)
         return mlflow.pyfunc.log_model(name="best_model", loader_module=LOADER_MODULE, data_path=str(data),
@@ -71,12 +78,6 @@ def _find_data_dir(root: Path) -> Path:
 def load_model_dir(directory: str | os.PathLike):
     """(model, cfg) from a directory holding ``model.safetensors`` and ``config.json`` (or a model directory that
     contains one such directory). Reads nothing else."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from glccl.config import ConfigError, load_config
-    from glccl.model import create_model_from_config
-
     directory = Path(directory)
     if not directory.is_dir():
         raise ModelFileError(f"model {directory}: no such directory")
@@ -85,7 +86,7 @@ def load_model_dir(directory: str | os.PathLike):
         raw = json.loads((data / CONFIG).read_text())
         if not isinstance(raw, dict):
             raise ValueError(f"a JSON {type(raw).__name__}, not an object")
-        cfg = load_config(raw)
+        cfg = load_config(upgrade(raw))  # written by this program, maybe before keys moved
     except (ValueError, ConfigError) as e:
         raise ModelFileError(f"model {data / CONFIG}: not a glccl config ({e})") from None
     try:
@@ -106,11 +107,6 @@ def load_model(model_uri: str, tracking_uri: str | None = None):
     directory. Downloads the artifacts and reads only the weights and the config."""
     if Path(model_uri).is_dir():
         return load_model_dir(model_uri)
-    import contextlib
-
-    import mlflow.artifacts
-
-    from pipelines.tracking import fluent_uri
 
     # models:/ URIs resolve through the fluent API's tracking URI, whatever download_artifacts is given
     with fluent_uri(tracking_uri) if tracking_uri else contextlib.nullcontext(), tempfile.TemporaryDirectory() as tmp:
@@ -125,8 +121,6 @@ class _TextEncoder:
         self.model = model
 
     def predict(self, model_input, params: dict[str, Any] | None = None):
-        import torch
-
         if hasattr(model_input, "iloc"):  # a pandas DataFrame or Series: its first column
             model_input = model_input.iloc[:, 0] if model_input.ndim == 2 else model_input
         texts = [str(t) for t in list(model_input)]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -31,9 +32,18 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
+from mlflow.tracking import MlflowClient
 
-RANKS_ARTIFACT = "ranks/test_ranks.json"
+from benchmarks.similarity import measure
+from glccl.heads import get_head_class
+from pipelines import tracking
+from pipelines.tracking import RANKS_ARTIFACT
+
+matplotlib.use("Agg")  # reports are written without a display
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+
 METRICS = ("t2v/R@1", "t2v/R@5", "t2v/R@10", "t2v/MnR", "v2t/R@1", "v2t/R@5", "v2t/MnR")
 HIGHER_IS_BETTER = {m: not m.endswith("MnR") for m in METRICS}
 
@@ -86,8 +96,6 @@ def interval(values: np.ndarray) -> tuple[float, float]:
 
 
 def _client(uri: str):
-    from mlflow.tracking import MlflowClient
-
     return MlflowClient(tracking_uri=uri)
 
 
@@ -189,9 +197,6 @@ def _group_order(label: str):
 
 def costs(analysis: dict[str, Any], n: int, budget_s: float, reps: int = 1, dim: int = 512) -> dict[str, dict]:
     """Similarity-stage seconds and FLOPs at ``n x n`` pairs per group and head (``benchmarks.similarity``)."""
-    from benchmarks.similarity import measure
-    from glccl.heads import get_head_class
-
     out: dict[str, dict] = {}
     for group, g in analysis.items():
         out[group] = {}
@@ -244,11 +249,6 @@ def tables(analysis: dict[str, Any], cost: dict[str, dict], reference: str, n_co
 
 
 def plots(analysis: dict[str, Any], cost: dict[str, dict], out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     groups = list(analysis)
     heads = sorted({h for g in analysis.values() for h in g["heads"]})
     paths = []
@@ -349,14 +349,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.boot < 100:
         print("glccl report: --boot must be at least 100", file=sys.stderr)
         return 2
-    from pipelines import tracking
-
     uri = args.tracking_uri or tracking.default_tracking_uri(Path(args.storage).resolve())
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         print(f"glccl report: no MLflow store at {uri[len('sqlite:///'):]} (give the sweep's --storage)",
               file=sys.stderr)
         return 2
-    import logging
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # its store-migration notices are not the report
     try:

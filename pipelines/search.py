@@ -20,26 +20,24 @@ import sys
 import time
 from pathlib import Path
 
+from glccl.config import ConfigError
+from glccl.search import Gallery, GalleryError, build_gallery, search
+from pipelines import ray_session, run_data
+from pipelines.checkpoints import load_model_checkpoint
+from pipelines.data import split_items, torch_dtypes
+
 
 def build(checkpoint: str, out: str, split: str | None, overrides: list[str], address: str | None):
     """Decode + encode a split into a gallery file; returns (model, gallery)."""
-    from glccl.search import build_gallery
-    from pipelines import data as pdata
-    from pipelines.evaluate import load_checkpoint
-    from pipelines.train import ensure_manifest, init_ray, local_cpus
-
-    model, cfg = load_checkpoint(checkpoint, overrides)
+    model, cfg = load_model_checkpoint(checkpoint, overrides)
     split = split or cfg.data.test_split
     storage = Path(cfg.storage).resolve() / cfg.name
-    manifest = ensure_manifest(cfg.data, storage)
-    init_ray(address, local_cpus(cfg))
-    dc = cfg.data
+    manifest = run_data.ensure_manifest(cfg.data, storage)
+    ray_session.connect(address, num_cpus=ray_session.local_cpus(cfg), dashboard=True, object_store_mb=2048)
     t0 = time.perf_counter()
-    ds = pdata.video_dataset(manifest, split, num_frames=cfg.model.num_frames, size=model.image_size,
-                             max_words=cfg.model.max_words, train=False, mode="videos", decoder=dc.decoder,
-                             cache=dc.cache, timeout_s=dc.decode_timeout_s, strict=dc.strict)
-    video_ids = pdata.split_items(manifest, split)["video_ids"]
-    batches = ds.iter_torch_batches(batch_size=cfg.train.eval_batch_size, dtypes=pdata.torch_dtypes("videos"))
+    ds = run_data.split_dataset(cfg, manifest, split, model.image_size)
+    video_ids = split_items(manifest, split)["video_ids"]
+    batches = ds.iter_torch_batches(batch_size=cfg.train.eval_batch_size, dtypes=torch_dtypes("videos"))
     gallery = build_gallery(model, batches, video_ids,
                             meta={"split": split, "checkpoint": str(Path(checkpoint).resolve()), "config": cfg.name})
     gallery.save(out)
@@ -73,10 +71,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="override the checkpoint's config (e.g. data.root=...); repeatable")
     p.add_argument("--address", default=None, help="Ray cluster for --build-gallery (default: a private local one)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-
-    from glccl.config import ConfigError
-    from glccl.search import Gallery, GalleryError, search
-
     if args.k < 1 or args.shortlist < 1:
         p.error("--k and --shortlist must be >= 1")
     if not args.build_gallery and not args.gallery:
@@ -87,9 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.build_gallery:
             model, gallery = build(args.checkpoint, args.build_gallery, args.split, args.overrides, args.address)
         else:
-            from pipelines.evaluate import load_checkpoint
-
-            model, _ = load_checkpoint(args.checkpoint, args.overrides)
+            model, _ = load_model_checkpoint(args.checkpoint, args.overrides)
             gallery = Gallery.load(args.gallery, model)
     except (ConfigError, FileNotFoundError, ValueError) as e:  # GalleryError is a ValueError
         print(f"glccl search: {e}", file=sys.stderr)

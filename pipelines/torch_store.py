@@ -19,6 +19,7 @@ import socket
 from dataclasses import dataclass
 
 import ray
+import torch.distributed as dist
 from ray.train.torch import TorchConfig
 from ray.train.torch.config import _set_torch_distributed_env_vars, _setup_torch_process_group, _TorchBackend
 
@@ -28,8 +29,6 @@ _SERVED: list = []  # rank 0's listening socket and store, kept alive for the ru
 
 def _serve_store(host: str, world_size: int, timeout_s: int) -> tuple[str, int]:
     """In rank 0's process: a TCPStore server on a socket bound to ``host`` (a free port); returns its address."""
-    import torch.distributed as dist
-
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

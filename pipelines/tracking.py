@@ -13,11 +13,19 @@ import platform
 import re
 import socket
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import ray
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
 RUN_NAME_TAG = "glccl.run_name"
+RANKS_ARTIFACT = "ranks/test_ranks.json"
+"""Every test query's 0-based rank of its correct item, per direction: what ``glccl report`` resamples."""
 _BAD_KEY = re.compile(r"[^A-Za-z0-9_\-./ :]")
 
 
@@ -34,8 +42,6 @@ def default_tracking_uri(storage: str | os.PathLike) -> str:
 def fluent_uri(uri: str):
     """Point MLflow's fluent API at ``uri`` for a block. ``mlflow.set_tracking_uri`` also writes the process's
     ``MLFLOW_TRACKING_URI``; restore it afterwards so the next run in this process resolves its own store."""
-    import mlflow
-
     old = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
@@ -50,8 +56,6 @@ def metric_key(key: str) -> str:
 
 
 def _client(uri: str):
-    from mlflow.tracking import MlflowClient
-
     return MlflowClient(tracking_uri=uri)
 
 
@@ -106,14 +110,12 @@ def run_tags(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def _ray_job_id() -> str:
+    if not ray.is_initialized():
+        return ""
     try:
-        import ray
-
-        if ray.is_initialized():
-            return ray.get_runtime_context().get_job_id() or ""
-    except Exception:
-        pass
-    return ""
+        return ray.get_runtime_context().get_job_id() or ""
+    except Exception:  # noqa: BLE001  (a tag is not worth failing a run over)
+        return ""
 
 
 def start_or_resume_run(uri: str, experiment: str, run_name: str, params: dict[str, Any],
@@ -149,8 +151,6 @@ def close_unfinished(uri: str, experiment: str, run_name: str, status: str = "KI
 
 
 def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
-    from mlflow.entities import Param
-
     items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
     client = _client(uri)
     for i in range(0, len(items), 90):
@@ -181,6 +181,58 @@ def end_run(uri: str, run_id: str, status: str) -> None:
     _client(uri).set_terminated(run_id, status=status)
 
 
+@contextlib.contextmanager
+def run_status(uri: str, run_id: str):
+    """End the run when the block ends: FINISHED when it returns, FAILED (tagged ``glccl.error``) when it raises.
+
+    A sweep trial that Tune stops (ASHA, ``max_t``, the time budget) is a normal end: Tune raises ``SystemExit(0)`` at
+    the trial's next report, or removes the trial's placement group, killing the Train controller, after the sweep
+    driver has tagged the run ``glccl.stopped_early`` (:func:`settle_trial_run`). Either way the run ends FINISHED.
+    """
+    status = "FAILED"
+    try:
+        yield
+        status = "FINISHED"
+    except SystemExit as e:
+        if not e.code:
+            status = "FINISHED"
+            _client(uri).set_tag(run_id, STOPPED_EARLY_TAG, "1")
+        raise
+    except BaseException as e:
+        if not stopped_early(uri, run_id):
+            _client(uri).set_tag(run_id, "glccl.error", f"{type(e).__name__}: {e}"[:4000])
+        raise
+    finally:
+        if status == "FAILED" and stopped_early(uri, run_id):
+            status = "FINISHED"
+        end_run(uri, run_id, status)
+
+
+def runs_named(uri: str, experiment: str, name: str) -> list[tuple[str, str]]:
+    """(run id, status) of every run of ``experiment`` named ``name``."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{name}'")
+    return [(r.info.run_id, r.info.status) for r in runs]
+
+
+def settle_trial_run(uri: str, experiment: str, name: str, ok: bool) -> None:
+    """Make a sweep trial's MLflow run agree with how Tune ended the trial.
+
+    A trial stopped by Tune (ASHA cutting it, ``max_t``, the time budget) has its process ended mid-run: it may never
+    reach its own ``finally`` (run left RUNNING), or reach it through the error of its Train controller being torn
+    down (run ended FAILED). Tune counts such a trial TERMINATED, a normal end, so its run is ended FINISHED and tagged
+    ``glccl.stopped_early``. A trial that errored is ended FAILED if it was left RUNNING.
+    """
+    for run_id, status in runs_named(uri, experiment, name):
+        if ok and status != "FINISHED":
+            end_stopped_trial(uri, run_id)
+        elif not ok and status == "RUNNING":
+            end_run(uri, run_id, "FAILED")
+
+
 class RunLogger:
     """Metric/artifact writer for one run (used on rank 0 and by the driver). Each call is a write, except
     ``metrics(..., buffer=True)``: those are held and written ``flush_every`` steps at a time, or at ``flush()``
@@ -194,10 +246,6 @@ class RunLogger:
         self._pending_steps: set[int] = set()
 
     def metrics(self, values: dict[str, float], step: int, prefix: str = "", buffer: bool = False) -> None:
-        import time
-
-        from mlflow.entities import Metric
-
         ts = int(time.time() * 1000)
         items = [Metric(metric_key(prefix + k), float(v), ts, int(step)) for k, v in values.items()]
         if buffer:

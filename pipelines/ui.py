@@ -17,6 +17,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from mlflow.tracking import MlflowClient
+
 from pipelines import tracking
 
 
@@ -65,8 +67,6 @@ def experiment_urls(uri: str, base: str) -> list[tuple[str, str]]:
     MLflow 3 opens experiments on its GenAI overview; ``workflowType=machine_learning`` opens the runs table (sweep
     children nested under their parent run) that training runs are compared in.
     """
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(tracking_uri=uri)
     out = []
     for exp in client.search_experiments():
@@ -102,8 +102,6 @@ def main(argv: list[str]) -> int:
 
 def top_runs(uri: str, experiment: str | None, metric: str, top: int, parent_run_id: str | None = None,
              ascending: bool = False) -> list[dict]:
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(tracking_uri=uri)
     if experiment:
         exps = [client.get_experiment_by_name(experiment)]
@@ -136,8 +134,6 @@ def runs_main(argv: list[str]) -> int:
     uri = tracking.default_tracking_uri(args.storage)
     parent = None
     if args.sweep:
-        from mlflow.tracking import MlflowClient
-
         found = MlflowClient(tracking_uri=uri).search_runs(
             [e.experiment_id for e in MlflowClient(tracking_uri=uri).search_experiments()],
             filter_string=f"tags.`{tracking.RUN_NAME_TAG}` = '{args.sweep}'", max_results=1)

@@ -34,7 +34,7 @@ done
 if [ ! -f "$ROOT/tower.pt" ]; then
   $G train --config configs/length_study.yaml name=length-study-tower model.head=meanp model.pretrained=null \
       data.dataset=msvd data.root="$ROOT/tower" data.cache="$ROOT/tower/frames" \
-      model.num_frames=12 model.max_words=32 train.epochs="$TOWER_EPOCHS" train.num_workers=2
+      model.num_frames=12 model.max_words=32 train.epochs="$TOWER_EPOCHS" scaling.num_workers=2
   cp runs/length-study-tower/best_model.pt "$ROOT/tower.pt"
 fi
 

@@ -28,40 +28,104 @@ retried or restored trial resumes its own checkpoints and MLflow run instead of 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import matplotlib
+import ray
+import ray.tune
 import yaml
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from glccl.config import ConfigError, RunConfig, _deepcopy, flatten, from_dict, read_yaml, set_dotted, to_dict
+from glccl.config import (
+    MOVED_KEYS,
+    ConfigError,
+    RunConfig,
+    Section,
+    _deepcopy,
+    flatten,
+    from_dict,
+    parse_override,
+    read_yaml,
+    set_dotted,
+    to_dict,
+    upgrade,
+)
+from pipelines import ray_session, tracking, train
+
+matplotlib.use("Agg")  # the sweep summary plot is written without a display
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 DIST_TYPES = {"uniform": ("low", "high"), "loguniform": ("low", "high"), "choice": ("values",),
               "grid": ("values",), "randint": ("low", "high")}
 
 
-@dataclass
-class SweepConfig:
+@dataclass(frozen=True)
+class SchedulerConfig(Section):
+    """When Tune stops a trial before its last epoch."""
+
+    SECTION = "scheduler"
+
+    type: Literal["asha", "fifo"] = "asha"
+    """asha: at each rung (an epoch count) keep the best 1 / reduction_factor of the trials; fifo: every trial runs all
+    its epochs."""
+    grace_period: int = 1
+    """ASHA: epochs every trial runs before it can be stopped (the first rung)."""
+    reduction_factor: float = 2.0
+    """ASHA: the rungs lie grace_period * reduction_factor ** k epochs in; 1 / reduction_factor of the trials pass each."""
+    max_t: int = 0
+    """ASHA: the epoch at which a trial still running is stopped. 0: one past the base's last epoch, so a trial that
+    survives every rung ends by itself, its test evaluation and model logging included."""
+
+    def validate(self) -> None:
+        self.check(self.grace_period >= 1, "grace_period", f"must be >= 1, got {self.grace_period}")
+        self.check(self.reduction_factor > 1, "reduction_factor", f"must be > 1, got {self.reduction_factor}")
+        self.check(self.max_t >= 0, "max_t", "must be >= 0 (0: one past the last epoch)")
+        self.check(not self.max_t or self.max_t >= self.grace_period, "max_t",
+                   f"must be >= scheduler.grace_period={self.grace_period}, got {self.max_t}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepConfig(Section):
+    """A sweep: a base run config, a search space over its dotted keys, and how Tune searches it."""
+
     name: str
-    base: dict[str, Any]
+    """Sweep name: the MLflow parent run, the Tune experiment and the prefix of every trial's run name."""
+    base: dict[str, Any] = field(default_factory=dict)
+    """The base run config as a mapping; in a sweep file also a path, relative to the file."""
+    overrides: tuple[str, ...] = ()
+    """``key=value`` overrides applied to the base (``glccl sweep ... base.KEY=VALUE`` adds to them)."""
     space: dict[str, dict[str, Any]]
+    """Search space: a dotted config key (or a bundle name) -> a distribution {type: uniform | loguniform | randint
+    (low, high) | choice | grid (values)}. A grid or choice may list bundles: mappings of config keys with a label."""
     metric: str = "val/t2v/R@1"
+    """The metric the sweep optimises, the search and the scheduler compare trials by and the best trial is picked on."""
     mode: str = "max"
+    """max or min: whether a larger ``metric`` is better."""
     samples: int = 4
+    """Trials sampled from the space (with grid keys: repetitions of the whole grid)."""
     time_budget_s: float = 0.0
-    scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "asha", "grace_period": 1, "reduction_factor": 2})
-    search: str = "random"
+    """Tune stops the whole sweep, running trials included, after this many seconds; 0: no limit."""
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    search: Literal["random", "grid", "optuna"] = "random"
+    """random and grid sample the space as written (``grid`` keys expand to every value); optuna: Optuna's TPE
+    (needs optuna installed)."""
     max_concurrent: int = 0
     """0: derived from the cluster's CPUs (or GPUs) and one trial's needs."""
     source: str = ""
+    """The sweep file this was read from (set when it is loaded)."""
 
     def run_config(self, values: dict[str, Any] | None = None, name: str | None = None) -> RunConfig:
         data = _deepcopy(self.base)
+        for item in self.overrides:
+            set_dotted(data, *parse_override(item))
         for key, value in (values or {}).items():
             if isinstance(value, dict):  # a bundle: several config keys set together, under one label
                 for k, v in value.items():
@@ -73,77 +137,78 @@ class SweepConfig:
             data["name"] = name
         return from_dict(RunConfig, data)
 
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> SweepConfig:
+        """A sweep written by :func:`run_sweep` (its ``.sweep.json``, a trial's parameters), also by an older version:
+        its base, saved resolved, may hold keys that have moved since."""
+        return from_dict(cls, {**data, "base": upgrade(data.get("base") or {})})
 
-_SWEEP_KEYS = {"name", "base", "overrides", "space", "metric", "mode", "samples", "time_budget_s", "scheduler",
-               "search", "max_concurrent"}
+    def validate(self) -> None:
+        self.check(bool(self.name) and "/" not in self.name, "name", f"must be a non-empty name without '/', got {self.name!r}")
+        base = self.run_config()  # the base with its overrides: a bad key or value names itself
+        if self.mode not in ("max", "min"):
+            raise ConfigError(f"key 'mode' must be max or min, got {self.mode!r}")
+        self.check(self.samples >= 1, "samples", f"must be a positive integer, got {self.samples}")
+        self.check(self.time_budget_s >= 0, "time_budget_s", "must be >= 0 (0: no limit)")
+        self.check(self.max_concurrent >= 0, "max_concurrent", "must be >= 0 (0: derived from the cluster)")
+        if self.scheduler.type == "asha" and not self.scheduler.max_t:
+            self.check(self.scheduler.grace_period <= base.train.epochs + 1, "scheduler.grace_period",
+                       f"must be at most train.epochs + 1 = {base.train.epochs + 1} (or set scheduler.max_t)")
+        if not self.space:
+            raise ConfigError("key 'space' is empty: give at least one dotted config key to search over")
+        known = set(flatten(to_dict(base)))
+        for key, spec in self.space.items():
+            _check_dist(key, spec)
+            if key in known:
+                continue
+            if key in MOVED_KEYS:
+                raise ConfigError(f"space key '{key}' moved to '{MOVED_KEYS[key]}'")
+            bundles = spec["values"] if spec["type"] in ("grid", "choice") else None
+            if not bundles or not all(isinstance(b, dict) for b in bundles):
+                raise ConfigError(f"space key '{key}' is not a config key (e.g. loss.eta, train.lr, model.num_frames) "
+                                  f"nor a grid/choice of bundles (mappings of config keys)")
+            for b in bundles:
+                if not isinstance(b.get("label"), str) or not b["label"]:
+                    raise ConfigError(f"every bundle of space key '{key}' needs a 'label' string")
+                bad = sorted(k for k in b if k != "label" and not _is_config_key(k, known))
+                if bad:
+                    raise ConfigError(f"bundle '{b['label']}' of space key '{key}' sets '{bad[0]}', which is not a "
+                                      f"config key" + (f" (it moved to '{MOVED_KEYS[bad[0]]}')" if bad[0] in MOVED_KEYS
+                                                       else ""))
+        # every value the space can produce must make a valid run config
+        for key, spec in self.space.items():
+            for value in _corner_values(spec):
+                try:
+                    self.run_config({key: value})
+                except ConfigError as e:
+                    raise ConfigError(f"space key '{key}' can produce an invalid value {value!r}: {e}") from e
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
-    """Read and validate a sweep file; every error names the key (and the file)."""
-    from glccl.config import load_config, parse_override
-
+    """Read and validate a sweep file; every error names the key and the file."""
     path = Path(path)
-    raw = read_yaml(path)
-    for item in overrides or []:
-        key, value = parse_override(item)
-        if key.startswith("base."):
-            raw.setdefault("overrides", []).append(f"{key[5:]}={json.dumps(value) if not isinstance(value, str) else value}")
-        else:
-            set_dotted(raw, key, value)
-    where = f"sweep file {path}"
-    unknown = set(raw) - _SWEEP_KEYS
-    if unknown:
-        raise ConfigError(f"{where}: unknown key '{sorted(unknown)[0]}' (known: {', '.join(sorted(_SWEEP_KEYS))})")
-    for key in ("name", "space"):
-        if key not in raw:
-            raise ConfigError(f"{where}: missing key '{key}'")
-    base = raw.get("base") or {}
-    if isinstance(base, str):
-        base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
-        if not base_path.is_file() and Path(base).is_file():
-            base_path = Path(base)
-        base = read_yaml(base_path)
-    if not isinstance(base, dict):
-        raise ConfigError(f"{where}: key 'base' must be a config path or mapping")
-    base_cfg = load_config(base, [str(o) for o in raw.get("overrides") or []])
-    space = raw["space"]
-    if not isinstance(space, dict) or not space:
-        raise ConfigError(f"{where}: key 'space' is empty: give at least one dotted config key to search over")
-    known = set(flatten(to_dict(base_cfg)))
-    for key, spec in space.items():
-        _check_dist(where, key, spec)
-        if key in known:
-            continue
-        bundles = spec["values"] if spec["type"] in ("grid", "choice") else None
-        if not bundles or not all(isinstance(b, dict) for b in bundles):
-            raise ConfigError(f"{where}: space key '{key}' is not a config key (e.g. loss.eta, train.lr, "
-                              f"model.num_frames) nor a grid/choice of bundles (mappings of config keys)")
-        for b in bundles:
-            if not isinstance(b.get("label"), str) or not b["label"]:
-                raise ConfigError(f"{where}: every bundle of space key '{key}' needs a 'label' string")
-            bad = sorted(k for k in b if k != "label" and not _is_config_key(k, known))
-            if bad:
-                raise ConfigError(f"{where}: bundle '{b['label']}' of space key '{key}' sets '{bad[0]}', which is not "
-                                  f"a config key")
-    sweep = SweepConfig(name=str(raw["name"]), base=to_dict(base_cfg), space=space, source=str(path.resolve()),
-                        **{k: raw[k] for k in ("metric", "mode", "samples", "time_budget_s", "scheduler", "search",
-                                               "max_concurrent") if k in raw})
-    if sweep.mode not in ("max", "min"):
-        raise ConfigError(f"{where}: key 'mode' must be max or min, got {sweep.mode!r}")
-    if not isinstance(sweep.samples, int) or sweep.samples < 1:
-        raise ConfigError(f"{where}: key 'samples' must be a positive integer")
-    if sweep.search not in ("random", "grid", "optuna"):
-        raise ConfigError(f"{where}: key 'search' must be random, grid or optuna, got {sweep.search!r}")
-    if sweep.scheduler.get("type", "asha") not in ("asha", "fifo"):
-        raise ConfigError(f"{where}: key 'scheduler.type' must be asha or fifo")
-    # every value the space can produce must make a valid run config
-    for key, spec in space.items():
-        for value in _corner_values(spec):
-            try:
-                sweep.run_config({key: value})
-            except ConfigError as e:
-                raise ConfigError(f"{where}: space key '{key}' can produce an invalid value {value!r}: {e}") from e
-    return sweep
+    try:
+        raw = read_yaml(path)
+        for item in overrides or []:
+            key, value = parse_override(item)
+            if key.startswith("base."):
+                text = value if isinstance(value, str) else json.dumps(value)
+                raw["overrides"] = [*(raw.get("overrides") or []), f"{key[5:]}={text}"]
+            else:
+                set_dotted(raw, key, value)
+        base = raw.get("base")
+        if base is None:
+            raw["base"] = {}
+        elif isinstance(base, str):
+            base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+            if not base_path.is_file() and Path(base).is_file():
+                base_path = Path(base)
+            raw["base"] = read_yaml(base_path)
+        raw["overrides"] = raw.get("overrides") or ()
+        raw["source"] = str(path.resolve())
+        return from_dict(SweepConfig, raw)
+    except ConfigError as e:
+        raise ConfigError(f"sweep file {path}: {e}") from None
 
 
 def _is_config_key(key: str, known: set[str]) -> bool:
@@ -156,21 +221,21 @@ def value_label(value: Any) -> str:
     return str(value["label"]) if isinstance(value, dict) else str(value)
 
 
-def _check_dist(where: str, key: str, spec: Any) -> None:
+def _check_dist(key: str, spec: Any) -> None:
     if not isinstance(spec, dict) or spec.get("type") not in DIST_TYPES:
-        raise ConfigError(f"{where}: space key '{key}' needs a mapping with type one of {sorted(DIST_TYPES)}")
+        raise ConfigError(f"space key '{key}' needs a mapping with type one of {sorted(DIST_TYPES)}")
     for arg in DIST_TYPES[spec["type"]]:
         if arg not in spec:
-            raise ConfigError(f"{where}: space key '{key}' ({spec['type']}) is missing '{arg}'")
+            raise ConfigError(f"space key '{key}' ({spec['type']}) is missing '{arg}'")
     if spec["type"] in ("choice", "grid"):
         if not isinstance(spec["values"], list) or not spec["values"]:
-            raise ConfigError(f"{where}: space key '{key}' has an empty list of values")
+            raise ConfigError(f"space key '{key}' has an empty list of values")
     else:
         lo, hi = float(spec["low"]), float(spec["high"])
         if not lo < hi:
-            raise ConfigError(f"{where}: space key '{key}' needs low < high, got {lo} and {hi}")
+            raise ConfigError(f"space key '{key}' needs low < high, got {lo} and {hi}")
         if spec["type"] == "loguniform" and lo <= 0:
-            raise ConfigError(f"{where}: space key '{key}' is loguniform and needs low > 0")
+            raise ConfigError(f"space key '{key}' is loguniform and needs low > 0")
 
 
 def _corner_values(spec: dict[str, Any]) -> list[Any]:
@@ -182,8 +247,6 @@ def _corner_values(spec: dict[str, Any]) -> list[Any]:
 
 
 def tune_space(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    from ray import tune
-
     out = {}
     for key, spec in space.items():
         t = spec["type"]
@@ -211,15 +274,10 @@ def _trial(values: dict[str, Any], sweep: dict[str, Any], parent_run_id: str, wo
     ``data.root``, ``data.cache``, a local ``model.pretrained``) mean the sweep driver's working directory, so the
     trial moves back there (when that directory exists on this node).
     """
-    import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from pipelines import train
-
     if workdir and os.path.isdir(workdir):
         os.chdir(workdir)
 
-    sc = SweepConfig(**sweep)
+    sc = SweepConfig.from_saved(sweep)
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = sc.run_config(values, name=f"{sc.name}-{trial_id}")
     train.run(cfg, parent_run_id=parent_run_id, callbacks=[TuneReportCallback()],
@@ -233,7 +291,7 @@ def trial_cpus(cfg: RunConfig) -> float:
     A whole CPU for decoding even when a task asks less (``data.decode_cpus``): with two trials packed onto the
     logical CPUs of a private local Ray, a trial's Ray Data budget fell to 0 and its training data stalled.
     """
-    return cfg.train.num_workers * cfg.train.cpus_per_worker + 1.0
+    return cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 1.0
 
 
 def sweep_dir(storage: Path, name: str) -> Path:
@@ -241,17 +299,11 @@ def sweep_dir(storage: Path, name: str) -> Path:
 
 
 def run_sweep(sweep: SweepConfig, address: str | None = None, resume: bool = False) -> dict[str, Any]:
-    import ray
-    from ray import tune
-
-    from pipelines import tracking
-    from pipelines.train import init_ray
-
     base = sweep.run_config()
     storage = Path(base.storage).resolve()
     tdir = sweep_dir(storage, sweep.name)
     need = trial_cpus(base)
-    init_ray(address, num_cpus=max(2, int(math.ceil(need)) + 1))
+    ray_session.connect(address, num_cpus=max(2, int(math.ceil(need)) + 1), dashboard=True, object_store_mb=2048)
     uri = tracking.default_tracking_uri(storage)
     tracking.ensure_experiment(uri, base.experiment)  # once, from the driver: SQLite allows one schema writer
     parent_id, resumed = tracking.start_or_resume_run(
@@ -259,12 +311,12 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, resume: bool = Fal
         tags={"glccl.sweep_parent": "1"})
     parent = tracking.RunLogger(uri, parent_id)
     if not resumed:
-        parent.text(yaml.safe_dump(dataclasses.asdict(sweep), sort_keys=False), "sweep/sweep.yaml")
+        parent.text(yaml.safe_dump(to_dict(sweep), sort_keys=False), "sweep/sweep.yaml")
     tdir.parent.mkdir(parents=True, exist_ok=True)
-    (tdir.parent / f"{sweep.name}.sweep.json").write_text(json.dumps(dataclasses.asdict(sweep)))
+    (tdir.parent / f"{sweep.name}.sweep.json").write_text(json.dumps(to_dict(sweep)))
     trainable = tune.with_resources(
         # the trial function only drives its TorchTrainer: a token CPU share (Tune refuses an empty request)
-        tune.with_parameters(_trial, sweep=dataclasses.asdict(sweep), parent_run_id=parent_id,
+        tune.with_parameters(_trial, sweep=to_dict(sweep), parent_run_id=parent_id,
                              workdir=os.getcwd()), {"CPU": 0.01})
     # mid-epoch checkpoint reports have no validation metric yet; the schedulers skip such results
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -286,10 +338,10 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, resume: bool = Fal
                                           callbacks=[_close_trial_runs(uri, base.experiment, sweep.name)]),
             )
         grid = tuner.fit()
-        for result in grid:  # trial processes have ended now: settle their runs once more (see _settle_trial_run)
+        for result in grid:  # trial processes have ended now: settle their runs once more (see tracking.settle_trial_run)
             trial_id = (result.metrics or {}).get("trial_id")
             if trial_id:  # a trial that never reported was settled by the callback alone
-                _settle_trial_run(uri, base.experiment, f"{sweep.name}-{trial_id}", ok=result.error is None)
+                tracking.settle_trial_run(uri, base.experiment, f"{sweep.name}-{trial_id}", ok=result.error is None)
         summary = _summarise(grid, sweep, parent)
         status = "FINISHED"
         return summary
@@ -297,61 +349,30 @@ def run_sweep(sweep: SweepConfig, address: str | None = None, resume: bool = Fal
         tracking.end_run(uri, parent_id, status)
 
 
-def _trial_run_ids(uri: str, experiment: str, name: str) -> list[tuple[str, str]]:
-    from pipelines import tracking
-
-    client = tracking._client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return []
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.RUN_NAME_TAG}` = '{name}'")
-    return [(r.info.run_id, r.info.status) for r in runs]
-
-
-def _settle_trial_run(uri: str, experiment: str, name: str, ok: bool) -> None:
-    """Make a trial's MLflow run agree with how Tune ended the trial.
-
-    A trial stopped by Tune (ASHA cutting it, ``max_t``, the time budget) has its process ended mid-run: it may never
-    reach its own ``finally`` (run left RUNNING), or reach it through the error of its Train controller being torn
-    down (run ended FAILED). Tune counts such a trial TERMINATED, a normal end, so its run is ended FINISHED and tagged
-    ``glccl.stopped_early``. A trial that errored is ended FAILED if it was left RUNNING.
-    """
-    from pipelines import tracking
-
-    for run_id, status in _trial_run_ids(uri, experiment, name):
-        if ok and status != "FINISHED":
-            tracking.end_stopped_trial(uri, run_id)
-        elif not ok and status == "RUNNING":
-            tracking.end_run(uri, run_id, "FAILED")
-
-
 def _close_trial_runs(uri: str, experiment: str, sweep_name: str):
     """A Tune callback (pickled with the sweep's state, so a restored sweep keeps it) that settles each trial's MLflow
     run as soon as Tune ends the trial; ``run_sweep`` settles them all once more after the sweep."""
-    from ray import tune
 
     class CloseTrialRuns(tune.Callback):
         def on_trial_complete(self, iteration, trials, trial, **info):
-            _settle_trial_run(uri, experiment, f"{sweep_name}-{trial.trial_id}", ok=True)
+            tracking.settle_trial_run(uri, experiment, f"{sweep_name}-{trial.trial_id}", ok=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            _settle_trial_run(uri, experiment, f"{sweep_name}-{trial.trial_id}", ok=False)
+            tracking.settle_trial_run(uri, experiment, f"{sweep_name}-{trial.trial_id}", ok=False)
 
     return CloseTrialRuns()
 
 
 def _scheduler(sweep: SweepConfig):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    spec = dict(sweep.scheduler)
-    if spec.pop("type", "asha") == "fifo":
+    spec = sweep.scheduler
+    if spec.type == "fifo":
         return FIFOScheduler()
     base = sweep.run_config()
     # Rungs count epochs: mid-epoch checkpoint reports carry no validation metric and ASHA skips them. ASHA stops a
     # trial that reaches max_t at once, before its test evaluation and model logging: by default max_t lies one epoch
     # past the last, so a trial that survives every rung ends by itself.
-    return ASHAScheduler(time_attr="epoch", max_t=spec.pop("max_t", base.train.epochs + 1),
-                         grace_period=spec.pop("grace_period", 1), reduction_factor=spec.pop("reduction_factor", 2))
+    return ASHAScheduler(time_attr="epoch", max_t=spec.max_t or base.train.epochs + 1,
+                         grace_period=spec.grace_period, reduction_factor=spec.reduction_factor)
 
 
 def _search(sweep: SweepConfig):
@@ -365,11 +386,6 @@ def _search(sweep: SweepConfig):
 
 
 def _summarise(grid, sweep: SweepConfig, parent) -> dict[str, Any]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     df = grid.get_dataframe()
     cols = [c for c in df.columns if c.startswith("config/") or c.startswith("val/") or c.startswith("test/")
             or c in ("trial_id", "training_iteration")]
@@ -412,14 +428,14 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--resume", metavar="NAME", help="continue the interrupted sweep NAME")
     p.add_argument("--storage", default="runs", help="with --resume: the runs/ folder of the sweep")
     p.add_argument("--address", default=None)
-    p.add_argument("overrides", nargs="*", help="sweep keys (samples=6) or base config keys (base.train.epochs=2)")
+    p.add_argument("overrides", nargs="*", help="sweep keys (samples=6) or base config keys (base.train.epochs=2; `glccl config --list` lists them)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if args.resume:
             saved = Path(args.storage).resolve() / "tune" / f"{args.resume}.sweep.json"
             if not saved.is_file():
                 raise ConfigError(f"no sweep named {args.resume!r} under {saved.parent}")
-            sweep = SweepConfig(**json.loads(saved.read_text()))
+            sweep = SweepConfig.from_saved(json.loads(saved.read_text()))
         else:
             sweep = load_sweep(args.config, args.overrides)
     except ConfigError as e:

@@ -1,18 +1,49 @@
-"""Shared fixtures. CPU only; tiny models; one local Ray instance per test session (started on demand)."""
+"""Shared fixtures. CPU only (but the gpu tier); tiny models; fixed seeds; one local Ray instance per test session
+(started on demand)."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
+import random
+import re
 
+import numpy as np
 import pytest
 import torch
 
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 torch.set_num_threads(2)
+
+
+def _selects_gpu_tier(markexpr: str) -> bool:
+    return re.search(r"(?<!not )\bgpu\b", markexpr) is not None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # CUDA stays hidden (before anything initialises it) unless the run asks for the gpu tier (`-m gpu`, as
+    # `make test-gpu` does): a CPU test then cannot pick up a GPU by chance. A CUDA_VISIBLE_DEVICES set by the caller
+    # is kept either way.
+    if not _selects_gpu_tier(config.getoption("markexpr", "") or ""):
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A `gpu` test is skipped, with the reason, where no CUDA device is visible."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if gpu_items and not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device (none visible; the gpu tier runs with -m gpu)")
+        for item in gpu_items:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fixed_seeds() -> None:
+    """Every test starts from the same RNG state (torch, CUDA included; numpy's global; random): a test's random
+    draws do not depend on which tests ran before it, so a failure reproduces when the test runs alone."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
 
 
 @pytest.fixture
@@ -29,18 +60,12 @@ def ray_session():
     Never touches other Ray clusters on the machine: no address lookup, and shutdown only ends what it started.
     """
     ray = pytest.importorskip("ray")
-    from pipelines.private_ray import secure_private_ray
+    from pipelines import ray_session
 
-    tmp = tempfile.mkdtemp(prefix="glr", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
     os.environ.pop("RAY_ADDRESS", None)
-    restore = secure_private_ray()
     # 4 logical CPUs on the 2 cores: 2 Ray Train workers plus room for Ray Data decode tasks
-    ray.init(num_cpus=4, include_dashboard=False, _temp_dir=tmp, object_store_memory=1_500_000_000,
-             log_to_driver=False, configure_logging=False)
-    restore()
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(tmp, ignore_errors=True)
+    with ray_session.connect(None, num_cpus=4, object_store_mb=1430, log_to_driver=False):
+        yield ray
 
 
 @pytest.fixture(scope="session")

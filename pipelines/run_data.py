@@ -1,0 +1,148 @@
+"""The data of a run, behind one call: :func:`prepare` turns a run config into what training reads.
+
+In order: the manifest (``data.manifest``, or built from the annotations in ``data.root``; the synthetic benchmark is
+generated first if it is missing), the cache (a feature cache is checked against the run's frame tower; a missing
+frame cache is written once, with Ray Data), the Ray datasets of the three splits, and the tokenised evaluation texts.
+``glccl eval`` and ``glccl search`` read one split through :func:`split_dataset`.
+
+    data = prepare(cfg, storage)          # RunData: manifest, datasets, texts, num_train_pairs, frozen_tower
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import ray.data
+
+from glccl.config import ConfigError, DataConfig, RunConfig
+from glccl.data import synth
+from glccl.data.manifest import build_manifest, write_manifest
+from glccl.model import create_model_from_config, preset_image_size
+from pipelines import data as pdata
+
+
+@dataclass(frozen=True)
+class RunData:
+    manifest: Path
+    datasets: dict[str, ray.data.Dataset]
+    """train (caption-video pairs, shuffled with ``train.seed``), val and test (videos)."""
+    texts: dict[str, dict[str, Any]]
+    """val and test: tokens, text_to_video (manifest video index per caption), captions, video_ids."""
+    num_train_pairs: int
+    frozen_tower: bool
+    """``data.cache`` is a feature cache: the frame tower that computed it stays fixed."""
+
+
+def ensure_synth(root: Path, seed: int = 0) -> None:
+    """Generate the default synthetic benchmark in ``root`` unless it is there."""
+    if (root / "synth_meta.json").is_file():
+        print(f"[glccl] synthetic benchmark found in {root}")
+        return
+    print(f"[glccl] generating the synthetic benchmark in {root} ...", flush=True)
+    t0 = time.perf_counter()
+    summary = synth.generate(root, seed=seed)
+    print(f"[glccl] generated {summary} in {time.perf_counter() - t0:.1f}s", flush=True)
+
+
+def _splits(dc: DataConfig) -> list[str]:
+    return list(dict.fromkeys([dc.train_split, dc.val_split, dc.test_split]))
+
+
+def ensure_manifest(dc: DataConfig, run_dir: Path) -> Path:
+    """The run's manifest: ``data.manifest`` if given, else built from ``data.root`` for the three splits."""
+    if dc.manifest:
+        return Path(dc.manifest)
+    if dc.dataset == "synth":
+        ensure_synth(Path(dc.root))
+    tables = [build_manifest(dc.dataset, dc.root, split, video_dir=dc.video_dir) for split in _splits(dc)]
+    path = run_dir / "manifest.parquet"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_manifest(pa.concat_tables(tables), path)
+    return path
+
+
+def image_size(cfg: RunConfig) -> int:
+    return preset_image_size(cfg.model.preset)
+
+
+def ensure_frame_cache(dc: DataConfig, manifest: Path, num_frames: int, size: int) -> None:
+    """Write the parquet frame cache for the splits that lack one (each video decoded once, with Ray Data)."""
+    missing = [s for s in _splits(dc) if not (Path(dc.cache) / s / "meta.json").is_file()]
+    if not missing:
+        return
+    print(f"[glccl] writing the frame cache {dc.cache} for {missing}", flush=True)
+    summary = pdata.prepare_cache(manifest, missing, dc.cache, num_frames=num_frames, size=size, decoder=dc.decoder,
+                                  timeout_s=dc.decode_timeout_s, strict=dc.strict,
+                                  max_skip_fraction=dc.max_skip_fraction, progress=False)
+    if summary["exceeded"]:
+        raise RuntimeError(f"frame cache {dc.cache}: more than {dc.max_skip_fraction:.0%} of the videos were skipped "
+                           f"as bad input (see skipped.json in each split folder)")
+
+
+def check_feature_cache(cfg: RunConfig) -> bool:
+    """Whether ``data.cache`` is a feature cache (``glccl data features``); if so, that every split of the run has one
+    and that it was computed by this run's frame tower (``model.pretrained``), else ``ConfigError`` naming the key."""
+    dc = cfg.data
+    splits = _splits(dc)
+    metas = {s: pdata.read_cache_meta(dc.cache, s) for s in splits if (Path(dc.cache) / s / "meta.json").is_file()}
+    kinds = {s: bool(m.get("feature_dim")) for s, m in metas.items()}
+    if not any(kinds.values()):
+        return False
+    if len(metas) < len(splits) or not all(kinds.values()):
+        missing = [s for s in splits if not kinds.get(s)]
+        raise ConfigError(f"config key 'data.cache': {dc.cache} is a feature cache without features for split(s) "
+                          f"{', '.join(missing)}: run `glccl data features` for them")
+    tower = pdata.tower_fingerprint(create_model_from_config(cfg.model))
+    for split, meta in metas.items():
+        if meta["tower"]["fingerprint"] != tower:
+            raise ConfigError(f"config key 'model.pretrained': the feature cache {Path(dc.cache) / split} was computed "
+                              f"by another frame tower (preset {meta['tower']['preset']}); set model.pretrained to the "
+                              f"checkpoint the features were computed with")
+    return True
+
+
+def _dataset_args(cfg: RunConfig, size: int) -> dict[str, Any]:
+    dc = cfg.data
+    return dict(num_frames=cfg.model.num_frames, size=size, max_words=cfg.model.max_words, decoder=dc.decoder,
+                cache=dc.cache, num_cpus=dc.decode_cpus, timeout_s=dc.decode_timeout_s, strict=dc.strict,
+                batch_size=dc.decode_batch_size)
+
+
+def split_dataset(cfg: RunConfig, manifest: Path, split: str, size: int) -> ray.data.Dataset:
+    """One split's videos (evaluation sampling), decoded or read from ``data.cache``."""
+    return pdata.video_dataset(manifest, split, train=False, mode="videos", **_dataset_args(cfg, size))
+
+
+def eval_texts(manifest: Path, split: str, max_words: int) -> dict[str, Any]:
+    tokens, t2v, captions, video_ids = pdata.eval_texts(manifest, split, max_words)
+    return {"tokens": tokens.numpy(), "text_to_video": t2v.numpy(), "captions": captions, "video_ids": video_ids}
+
+
+def prepare(cfg: RunConfig, storage: Path) -> RunData:
+    """Build (or reuse) the manifest and the cache, then the Ray datasets and the evaluation texts of the run."""
+    # The training loop draws its own progress bar; Ray Data's per-operator bars, forwarded from the split coordinator
+    # through Ray's log monitor, flood a non-terminal log (~0.5 MB per run) and cost CPU the two workers need.
+    # The datasets keep the context they were created with.
+    data_ctx = ray.data.DataContext.get_current()
+    data_ctx.enable_progress_bars = False
+    data_ctx.print_on_execution_start = False
+    dc = cfg.data
+    manifest = ensure_manifest(dc, storage / cfg.name)
+    features = bool(dc.cache) and check_feature_cache(cfg)
+    size = image_size(cfg)
+    if dc.cache and not features:
+        ensure_frame_cache(dc, manifest, cfg.model.num_frames, size)
+    args = _dataset_args(cfg, size)
+    datasets = {
+        "train": pdata.video_dataset(manifest, dc.train_split, train=True, mode="pairs", seed=cfg.train.seed, **args),
+        "val": split_dataset(cfg, manifest, dc.val_split, size),
+        "test": split_dataset(cfg, manifest, dc.test_split, size),
+    }
+    texts = {key: eval_texts(manifest, split, cfg.model.max_words)
+             for key, split in (("val", dc.val_split), ("test", dc.test_split))}
+    num_pairs = len(pdata.split_items(manifest, dc.train_split)["captions"])
+    return RunData(manifest=manifest, datasets=datasets, texts=texts, num_train_pairs=num_pairs, frozen_tower=features)
