@@ -149,9 +149,14 @@ def test_the_shipped_study_sweep_is_valid_and_bundles_are_checked(tmp_path):
     sweep = load_sweep(repo / "sweeps" / "length_study.yaml")
     lengths = sweep.space["length"]["values"]
     assert [b["label"] for b in lengths] == ["K12", "K32", "K64"]
-    assert sweep.space["model.head"]["values"] == ["glccl", "xpool", "xclip", "tcmgc", "glscl", "meanp"]
+    heads = {b["label"]: b for b in sweep.space["model.head"]["values"]}
+    assert list(heads) == ["glccl", "xpool", "xclip", "tcmgc", "glscl", "meanp"]
+    # the raw-product pooling heads run with the temperature scaled to the tower's feature scale, the rest at defaults
+    assert {h for h, b in heads.items() if "model.head_args" in b} == {"glccl", "glscl"}
+    glccl = sweep.run_config({"length": lengths[0], "model.head": heads["glccl"], "train.seed": 0})
+    assert (glccl.model.head, glccl.model.head_args) == ("glccl", {"temperature": 50.0})
     assert len(sweep.space["train.seed"]["values"]) >= 3
-    cfg = sweep.run_config({"length": lengths[2], "model.head": "tcmgc", "train.seed": 1})
+    cfg = sweep.run_config({"length": lengths[2], "model.head": heads["tcmgc"], "train.seed": 1})
     assert (cfg.model.num_frames, cfg.model.max_words, cfg.model.head, cfg.train.seed) == (64, 64, "tcmgc", 1)
     assert cfg.data.cache == "data/length-study/K64/features" and cfg.data.dataset == "didemo"
     bad = yaml.safe_load((repo / "sweeps" / "length_study.yaml").read_text())
