@@ -197,6 +197,9 @@ class DataConfig(Section):
     """CPUs per decode task in Ray Data."""
     decode_batch_size: int = 8
     """Items per Ray Data map task (one block): videos decoded, or clips read from the frame cache."""
+    allow_split_overlap: bool = False
+    """Allow videos of the training split in the validation or test split (an error otherwise: the test would score
+    memorisation). For benchmarks whose protocol shares them on purpose."""
     cache_factor: int = 3
     """A frame cache holds cache_factor * K frames per video (segment sub-centres); training samples among them,
     evaluation reads the exact segment centres when the factor is odd. 1: cache exactly the K evaluation frames."""
@@ -245,6 +248,9 @@ class TrainConfig(Section):
     """Also checkpoint every this many optimiser steps within an epoch; 0: at the end of every epoch only."""
     max_steps: int = 0
     """Stop after this many optimiser steps (0: no limit); for smoke tests."""
+    register_model: str = ""
+    """Register the best model in the MLflow model registry under this name (a new version per run); "": not
+    registered (it is logged with the run either way)."""
 
     def validate(self) -> None:
         k = self.key
@@ -485,14 +491,41 @@ def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
     cur[parts[-1]] = value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last one silently: a section
+    written twice would lose the first one's settings)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {seen[key]} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a dict; ``ConfigError`` for a missing or unreadable file, invalid YAML or a repeated key.
+    A UTF-8 byte-order mark is accepted."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory, not a file")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} could not be read: {e}") from e
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:  # one line: the problem and where, not PyYAML's multi-line report
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from e
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -33,8 +33,12 @@ def load_tensors(path: str | os.PathLike, what: str = "file") -> Any:
         ValueError: the file is not a readable ``torch.save`` file (corrupt, truncated, another format).
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a directory, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{what} {path} is empty (0 bytes); not loaded")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - every failure becomes one line naming the file
@@ -49,5 +53,8 @@ def load_tensors(path: str | os.PathLike, what: str = "file") -> Any:
             reason = detail.group(1).strip() if detail else "unsupported content"
             raise ValueError(f"{what} {path} could not be read: not a torch.save file of tensors and plain containers "
                              f"({reason}); not loaded") from None
+        if isinstance(e, (EOFError, PermissionError)) or "zip archive" in msg or "central directory" in msg:
+            why = "permission denied" if isinstance(e, PermissionError) else "truncated, or not a torch.save file"
+            raise ValueError(f"{what} {path} could not be read: {why}; not loaded") from None
         first = msg.strip().splitlines()[0] if msg.strip() else ""
         raise ValueError(f"{what} {path} could not be read ({type(e).__name__}: {first})") from None

@@ -40,6 +40,10 @@ ScoreFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tenso
 PairFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
+class QueryError(ValueError):
+    """A search query that cannot be answered (empty)."""
+
+
 class GalleryError(ValueError):
     """A gallery file is missing, unreadable, malformed, or was built by a different video encoder."""
 
@@ -371,6 +375,9 @@ def search(model, gallery: Gallery, queries: str | Sequence[str], k: int = 10, s
     queries = [queries] if isinstance(queries, str) else list(queries)
     if not queries:
         return []
+    empty = [i for i, q in enumerate(queries) if not isinstance(q, str) or not q.strip()]
+    if empty:  # it would tokenise to start and end tokens only and rank the gallery by noise
+        raise QueryError(f"query {empty[0] + 1} of {len(queries)} is empty: give some words to search for")
     model.eval()
     device = next(model.parameters()).device
     text = engine.encode_texts(model, model.tokenize(queries), device=device)

@@ -7,6 +7,7 @@ pickled code is refused, and its code never runs.
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,9 @@ def load_best_weights(directory: Path) -> dict[str, torch.Tensor]:
 
 def save_model_checkpoint(path: Path, weights: dict[str, torch.Tensor], cfg: RunConfig) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": weights, "config": to_dict(cfg)}, path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # a reader never sees half a file
+    torch.save({"model": weights, "config": to_dict(cfg)}, tmp)
+    os.replace(tmp, path)
 
 
 def load_model_checkpoint(path: str | Path, overrides: list[str] | None = None):
@@ -68,7 +71,20 @@ def load_model_checkpoint(path: str | Path, overrides: list[str] | None = None):
     blob = load_tensors(path, "checkpoint")
     if not isinstance(blob, dict) or "model" not in blob or "config" not in blob:
         raise ValueError(f"checkpoint {path} is not a glccl model checkpoint (expected keys 'model' and 'config')")
-    cfg = load_config(upgrade(blob["config"]), overrides)  # written by this program, maybe before keys moved
+    saved = load_config(upgrade(blob["config"]))  # written by this program, maybe before keys moved
+    cfg = load_config(upgrade(blob["config"]), overrides)
     model = create_model_from_config(cfg.model)
-    model.load_state_dict(blob["model"])
+    try:
+        model.load_state_dict(blob["model"])
+    except RuntimeError:  # PyTorch's message lists every mismatched key: name the setting instead
+        changed = [f"model.{k} {getattr(saved.model, k)!r} -> {getattr(cfg.model, k)!r}" for k in MODEL_SHAPE_KEYS
+                   if getattr(saved.model, k) != getattr(cfg.model, k)]
+        what = (f"the overrides change {', '.join(changed)}: drop them" if changed
+                else "its weights do not fit the model its own config describes")
+        raise ValueError(f"checkpoint {path} holds a {saved.model.head} model on {saved.model.preset}; "
+                         f"{what}") from None
     return model.eval(), cfg
+
+
+# the model settings that decide the shapes of its weights
+MODEL_SHAPE_KEYS = ("preset", "head", "head_args", "num_frames", "max_words", "temporal_layers")

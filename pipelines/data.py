@@ -137,6 +137,23 @@ class SkipLog:
         return rep
 
 
+def check_skips(skip_log: SkipLog, total: int, split: str) -> SkipReport:
+    """The skip report of a stream that has read ``split`` (``total`` videos); :class:`BadInputError` when more than
+    ``max_fraction`` of them were skipped as bad input. Training, evaluation and gallery builds call it after a pass."""
+    rep = skip_log.report(total)
+    if rep.exceeded:
+        raise BadInputError(f"split {split!r}: {rep.num_skipped} of {total} videos were skipped as bad input "
+                            f"({100 * rep.fraction:.1f} %, above data.max_skip_fraction = "
+                            f"{100 * rep.max_fraction:.1f} %): {_reasons(rep)}")
+    return rep
+
+
+def _reasons(rep: SkipReport) -> str:
+    first = rep.skipped[0] if rep.skipped else {}
+    counts = ", ".join(f"{n} {reason}" for reason, n in rep.by_reason().items())
+    return counts + (f" (first: {first.get('file') or first.get('item')})" if first else "")
+
+
 def _log_skips(skip_log, entries: list[dict]) -> None:
     if not entries:
         return
@@ -551,21 +568,38 @@ def prepare_cache(manifest, splits, out_dir: str | os.PathLike, *, num_frames: i
         splits = [splits]
     table = _table(manifest)
     out = Path(out_dir)
+    check_cache_settings(out, splits, num_frames=num_frames, size=size, cache_factor=cache_factor)
     out.mkdir(parents=True, exist_ok=True)
     m = num_frames * cache_factor
     ctx = ray.data.DataContext.get_current()
     old_bars = ctx.enable_progress_bars
     summary: dict = {"out_dir": str(out), "splits": {}}
+    staged: dict[str, dict] = summary["splits"]
     try:
         if progress:
             ctx.enable_progress_bars = False
         for split in splits:
-            summary["splits"][split] = _prepare_split(
+            staged[split] = _prepare_split(
                 table, split, out, m=m, num_frames=num_frames, size=size, cache_factor=cache_factor, decoder=decoder,
                 timeout_s=timeout_s, strict=strict, max_skip_fraction=max_skip_fraction, batch_size=batch_size,
                 num_cpus=num_cpus, memory=memory, rows_per_file=rows_per_file, progress=progress)
+    except BaseException:  # an error, strict mode or Ctrl-C: nothing of this prepare is installed
+        for s in staged.values():
+            shutil.rmtree(s.pop("tmp"), ignore_errors=True)
+        raise
     finally:
         ctx.enable_progress_bars = old_bars
+    summary["installed"] = not any(s["exceeded"] for s in staged.values())
+    for split, s in staged.items():  # all splits or none: the cache never mixes this prepare with an earlier one
+        tmp = s.pop("tmp")
+        if summary["installed"]:
+            _install(tmp, out / split)
+            (out / f"{split}.rejected.skipped.json").unlink(missing_ok=True)  # of an earlier, refused prepare
+            s["report"] = str(out / split / "skipped.json")
+        else:  # the good cache stays as it was; the report of what was skipped is kept beside it
+            os.replace(tmp / "skipped.json", out / f"{split}.rejected.skipped.json")
+            s["report"] = str(out / f"{split}.rejected.skipped.json")
+            shutil.rmtree(tmp, ignore_errors=True)
     summary["items"] = sum(s["videos"] for s in summary["splits"].values())
     summary["skipped"] = sum(s["skipped"] for s in summary["splits"].values())
     summary["exceeded"] = any(s["exceeded"] for s in summary["splits"].values())
@@ -578,7 +612,6 @@ def _prepare_split(table, split, out: Path, *, m, num_frames, size, cache_factor
     items = _items(table, split, "videos")
     n = items.num_rows
     report = SkipReport(stage=f"prepare {split}", strict=strict, max_fraction=max_skip_fraction)
-    final = out / split
     tmp = out / f".{split}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -619,12 +652,45 @@ def _prepare_split(table, split, out: Path, *, m, num_frames, size, cache_factor
             "decoder": decoder, "frame_bytes": nbytes, "seconds": round(elapsed, 2),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
     return {"videos": n, "written": report.ok, "skipped": report.num_skipped, "exceeded": report.exceeded,
             "seconds": round(elapsed, 2), "videos_per_s": round(n / elapsed, 2) if elapsed > 0 else None,
-            "frame_bytes": nbytes, "report": str(final / "skipped.json"), "summary": report.summary(),
-            "by_reason": report.by_reason()}
+            "frame_bytes": nbytes, "tmp": tmp, "summary": report.summary(), "by_reason": report.by_reason()}
+
+
+def _install(tmp: Path, final: Path) -> None:
+    """Move a complete split folder into place; the one it replaces is moved aside first and deleted after."""
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+CACHE_SETTINGS = ("num_frames", "size", "cache_factor")
+
+
+def check_cache_settings(out: str | os.PathLike, splits, *, num_frames: int, size: int, cache_factor: int) -> None:
+    """Refuse to write ``splits`` into a cache whose other splits were prepared with other settings (a run would read
+    splits sampled differently); ``ValueError`` naming the split and the settings. Checked before Ray starts."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"frame cache {out} is a file, not a folder")
+    want = {"num_frames": num_frames, "size": size, "cache_factor": cache_factor}
+    for meta_path in sorted(out.glob("*/meta.json")) if out.is_dir() else []:
+        split = meta_path.parent.name
+        if split in splits or split.startswith("."):
+            continue
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if meta.get("format") != CACHE_FORMAT or meta.get("feature_dim"):
+            continue
+        have = {k: meta.get(k) for k in CACHE_SETTINGS}
+        if have != want:
+            diff = ", ".join(f"{k} {have[k]} there, {want[k]} here" for k in CACHE_SETTINGS if have[k] != want[k])
+            raise ValueError(f"frame cache {out}: split {split!r} was prepared with other settings ({diff}); "
+                             f"prepare every split again with these settings, or write to another --out")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from glccl.config import DataConfig, load_config
-from glccl.data.manifest import build_manifest, build_manifests, default_video_dir, read_manifest, write_manifest
+from glccl.data.manifest import (build_manifest, build_manifests, check_splits, default_video_dir, read_manifest,
+                                 write_manifest)
 from glccl.data.report import AnnotationError, BadInputError, DataError, MissingAnnotationError, SkipReport
 from glccl.data.synth import check_events, generate
 from glccl.model import create_model_from_config
@@ -87,6 +88,10 @@ def cmd_manifest(args) -> int:
     if not tables:
         raise AnnotationError(args.root, f"no split of {args.dataset} found")
     table = pa.concat_tables(tables)
+    present = set(table["split"].to_pylist())
+    named = [sp for sp in splits if sp in present or args.split]  # an empty split asked for by name is an error
+    disjoint = () if args.allow_split_overlap else [("train", sp) for sp in named if sp != "train"]
+    check_splits(table, named, disjoint=disjoint, where=f"{args.dataset} in {args.root}: ")
     write_manifest(table, out)
     rep_path = report.write(out.with_suffix(".skipped.json"))
     dt = time.perf_counter() - t0
@@ -125,9 +130,7 @@ def cmd_prepare(args) -> int:
         table = build_manifests(args.dataset, args.root, splits, args.video_dir, report)
         source = f"{args.dataset} annotations in {args.root}"
     out = Path(args.out or (Path(args.root) / "cache" if args.root else Path("data/cache")))
-    if not args.manifest:  # keep the manifest next to the cache: training reads both (same video numbering)
-        write_manifest(table, out / "manifest.parquet")
-        report.write(out / "manifest.skipped.json")
+    D.check_cache_settings(out, splits, num_frames=args.num_frames, size=args.size, cache_factor=args.cache_factor)
     session = ray_session.connect(args.address, num_cpus=args.num_cpus, object_store_mb=args.object_store_mb,
                                   log_to_driver=False)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -137,6 +140,10 @@ def cmd_prepare(args) -> int:
                             cache_factor=args.cache_factor, decoder=args.decoder, timeout_s=args.timeout,
                             strict=args.strict, max_skip_fraction=args.max_skip_fraction,
                             batch_size=args.batch_size, num_cpus=args.cpus_per_task, progress=not args.quiet)
+    if not args.manifest and s["installed"]:
+        # next to the cache, written once the cache is: training reads both (the same video numbering)
+        write_manifest(table, out / "manifest.parquet")
+        report.write(out / "manifest.skipped.json")
     dt = time.perf_counter() - t0
     _summary("glccl data prepare", s["items"], s["skipped"] + report.num_skipped, dt, "videos", {
         "source": source,
@@ -154,6 +161,8 @@ def cmd_prepare(args) -> int:
             print(f"error: split {split}: skipped share exceeds the limit {100 * args.max_skip_fraction:.2f} % "
                   f"(--max-skip-fraction)", file=sys.stderr)
             bad = True
+    if not s["installed"]:
+        print(f"error: nothing of this prepare was installed; the cache in {out} is as it was", file=sys.stderr)
     if report.num_skipped:
         print("[annotations] " + report.summary())
         bad = bad or report.exceeded
@@ -172,6 +181,39 @@ def events_range(text: str) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def positive_int(text: str) -> int:
+    """An integer >= 1 (argparse type): a count of zero would write an empty data set or cache without a word."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (argparse type): a split may be left out (0), not be negative."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A number > 0 (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glccl data", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -185,13 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="generate the synthetic partial-relevance benchmark")
     s.add_argument("--out", default="data/synth")
-    s.add_argument("--num-train", type=int, default=800)
-    s.add_argument("--num-val", type=int, default=100)
-    s.add_argument("--num-test", type=int, default=100)
+    s.add_argument("--num-train", type=positive_int, default=800)
+    s.add_argument("--num-val", type=non_negative_int, default=100)
+    s.add_argument("--num-test", type=non_negative_int, default=100)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--size", type=int, default=96, help="frame width and height in pixels")
-    s.add_argument("--fps", type=int, default=10)
-    s.add_argument("--seconds", type=float, default=5.0, help="length of every video")
+    s.add_argument("--size", type=positive_int, default=96, help="frame width and height in pixels")
+    s.add_argument("--fps", type=positive_int, default=10)
+    s.add_argument("--seconds", type=positive_float, default=5.0, help="length of every video")
     s.add_argument("--events", type=events_range, default=(2, 4), metavar="MIN-MAX",
                    help="events per video, e.g. 6-10 or 3 (default 2-4; longer videos can hold more)")
     s.add_argument("--layout", choices=("msvd", "didemo"), default="msvd",
@@ -209,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--split", action="append", help="split(s) to include (repeatable; default: all present)")
     m.add_argument("--video-dir", default=None, help="folder with the videos (default: ROOT/videos or ROOT)")
     m.add_argument("--out", default=None, help="output parquet (default data/manifests/DATASET.parquet)")
+    m.add_argument("--allow-split-overlap", action="store_true",
+                   help="allow videos of the train split in the other splits (an error otherwise)")
     g = m.add_mutually_exclusive_group()
     g.add_argument("--check-videos", dest="check_videos", action="store_true", default=None,
                    help="skip rows whose video file is missing (default: when the video folder holds videos)")
@@ -223,13 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--video-dir", default=None)
     r.add_argument("--split", action="append", help="split(s) to cache (repeatable; default: all)")
     r.add_argument("--out", default=None, help="cache folder (default ROOT/cache)")
-    r.add_argument("--num-frames", type=int, default=12, help="K, frames the model samples per video")
-    r.add_argument("--size", type=int, default=224, help="model input size (shorter side resize + centre crop)")
-    r.add_argument("--cache-factor", type=int, default=_D.cache_factor,
+    r.add_argument("--num-frames", type=positive_int, default=12, help="K, frames the model samples per video")
+    r.add_argument("--size", type=positive_int, default=224, help="model input size (shorter side resize + centre crop)")
+    r.add_argument("--cache-factor", type=positive_int, default=_D.cache_factor,
                    help="cache this many frames per sampled frame (default %(default)s; 1: fixed K frames)")
     r.add_argument("--decoder", choices=("decord", "pyav"), default=_D.decoder)
     r.add_argument("--timeout", type=float, default=_D.decode_timeout_s, help="seconds per video before giving up")
-    r.add_argument("--batch-size", type=int, default=_D.decode_batch_size, help="videos per Ray Data task")
+    r.add_argument("--batch-size", type=positive_int, default=_D.decode_batch_size, help="videos per Ray Data task")
     r.add_argument("--cpus-per-task", type=float, default=_D.decode_cpus)
     r.add_argument("--num-cpus", type=int, default=None, help="CPUs of the private local Ray (default: all)")
     r.add_argument("--object-store-mb", type=int, default=1024)

@@ -19,7 +19,7 @@ from glccl.config import ConfigError, RunConfig
 from glccl.evaluation import evaluate_retrieval
 from pipelines import ray_session, run_data
 from pipelines.checkpoints import load_model_checkpoint
-from pipelines.data import torch_dtypes
+from pipelines.data import check_skips, torch_dtypes
 
 
 def evaluate(model, cfg: RunConfig, split: str, storage: Path | None = None) -> dict[str, float]:
@@ -29,8 +29,10 @@ def evaluate(model, cfg: RunConfig, split: str, storage: Path | None = None) -> 
     ds = run_data.split_dataset(cfg, manifest, split, model.image_size)
     texts = run_data.eval_texts(manifest, split, cfg.model.max_words)
     batches = ds.iter_torch_batches(batch_size=cfg.train.eval_batch_size, dtypes=torch_dtypes("videos"))
-    return evaluate_retrieval(model, batches, texts["tokens"], texts["text_to_video"],
-                              batch_size=cfg.train.eval_batch_size, video_chunk=cfg.model.sim_chunk).metrics
+    metrics = evaluate_retrieval(model, batches, texts["tokens"], texts["text_to_video"],
+                                 batch_size=cfg.train.eval_batch_size, video_chunk=cfg.model.sim_chunk).metrics
+    check_skips(ds.skip_log, len(texts["video_ids"]), split)  # metrics over a gallery missing its videos mislead
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ import math
 import os
 import secrets
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable
 
@@ -97,6 +98,20 @@ class RaySession:
         self.close()
 
 
+def _keep_signal_handlers():
+    """``ray.init`` installs its own SIGTERM handler (it prints a stack and aborts the driver, so ``finally`` blocks and
+    exit handlers never run); put back the Python handlers the caller had set (``glccl``'s commands stop their servers
+    and this Ray on SIGTERM and SIGHUP). Returns the function that restores them."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, handler in saved.items():
+            if callable(handler):
+                signal.signal(sig, handler)
+
+    return restore
+
+
 def connect(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = False,
             object_store_mb: int | None = None, log_to_driver: bool = True) -> RaySession:
     """Join ``address`` (or ``RAY_ADDRESS``), or start a private local Ray (see the module docstring); a no-op when
@@ -104,8 +119,10 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
     if ray.is_initialized():
         return RaySession()
     address = address or os.environ.get("RAY_ADDRESS")
+    keep_signals = _keep_signal_handlers()
     if address:
         ray.init(address=address, log_to_driver=log_to_driver)
+        keep_signals()
         return RaySession(joined=True)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     tmp = tempfile.mkdtemp(prefix="glr", dir="/tmp")
@@ -124,6 +141,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
                  log_to_driver=log_to_driver, configure_logging=False, **kwargs)
     finally:
         restore()
+        keep_signals()
     session = RaySession(started=True, temp_dir=tmp)
     atexit.register(session.close)
     return session

@@ -20,7 +20,8 @@ import ray.data
 
 from glccl.config import ConfigError, DataConfig, RunConfig
 from glccl.data import synth
-from glccl.data.manifest import build_manifest, write_manifest
+from glccl.data.manifest import UnknownSplitError, build_manifest, check_splits, write_manifest
+from glccl.data.report import MissingAnnotationError
 from glccl.model import create_model_from_config, preset_image_size
 from pipelines import data as pdata
 
@@ -35,6 +36,8 @@ class RunData:
     num_train_pairs: int
     frozen_tower: bool
     """``data.cache`` is a feature cache: the frame tower that computed it stays fixed."""
+    skips: dict[str, tuple[pdata.SkipLog, int]]
+    """train, val, test: the stream's skip log and the number of videos of its split (``pdata.check_skips``)."""
 
 
 def ensure_synth(root: Path, seed: int = 0) -> None:
@@ -58,11 +61,29 @@ def ensure_manifest(dc: DataConfig, run_dir: Path) -> Path:
         return Path(dc.manifest)
     if dc.dataset == "synth":
         ensure_synth(Path(dc.root))
-    tables = [build_manifest(dc.dataset, dc.root, split, video_dir=dc.video_dir) for split in _splits(dc)]
+    tables = {}
+    for role in ("train", "val", "test"):
+        split = getattr(dc, f"{role}_split")
+        if split in tables:
+            continue
+        try:
+            tables[split] = build_manifest(dc.dataset, dc.root, split, video_dir=dc.video_dir)
+        except (MissingAnnotationError, UnknownSplitError) as e:  # a typo in a split name, most often
+            raise ConfigError(f"config key 'data.{role}_split': no split {split!r} of {dc.dataset} in {dc.root} "
+                              f"({e})") from None
+    table = pa.concat_tables(list(tables.values()))
+    check_run_splits(dc, table, where=f"{dc.dataset} in {dc.root}: ")
     path = run_dir / "manifest.parquet"
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_manifest(pa.concat_tables(tables), path)
+    write_manifest(table, path)
     return path
+
+
+def check_run_splits(dc: DataConfig, table: pa.Table, where: str = "") -> None:
+    """The run's three splits are non-empty, and (unless ``data.allow_split_overlap``) share no video with the training
+    split; ``SplitError`` otherwise. Validation and test may be one split (MSR-VTT's 1k-A serves as both)."""
+    disjoint = () if dc.allow_split_overlap else ((dc.train_split, dc.val_split), (dc.train_split, dc.test_split))
+    check_splits(table, _splits(dc), disjoint=disjoint, where=where)
 
 
 def image_size(cfg: RunConfig) -> int:
@@ -112,9 +133,20 @@ def _dataset_args(cfg: RunConfig, size: int) -> dict[str, Any]:
                 batch_size=dc.decode_batch_size)
 
 
+def skip_log(cfg: RunConfig, split: str, mode: str) -> pdata.SkipLog:
+    """A stream's skip log, with the run's limit ``data.max_skip_fraction`` (Ray must be up)."""
+    return pdata.SkipLog(stage=f"stream {split}/{mode}", max_fraction=cfg.data.max_skip_fraction)
+
+
 def split_dataset(cfg: RunConfig, manifest: Path, split: str, size: int) -> ray.data.Dataset:
-    """One split's videos (evaluation sampling), decoded or read from ``data.cache``."""
-    return pdata.video_dataset(manifest, split, train=False, mode="videos", **_dataset_args(cfg, size))
+    """One split's videos (evaluation sampling), decoded or read from ``data.cache``; bad videos are counted in
+    ``ds.skip_log`` (check it with ``pdata.check_skips`` once the split has been read)."""
+    return pdata.video_dataset(manifest, split, train=False, mode="videos", skip_log=skip_log(cfg, split, "videos"),
+                               **_dataset_args(cfg, size))
+
+
+def num_videos(manifest: Path, split: str) -> int:
+    return len(pdata.split_items(manifest, split)["video_ids"])
 
 
 def eval_texts(manifest: Path, split: str, max_words: int) -> dict[str, Any]:
@@ -122,8 +154,9 @@ def eval_texts(manifest: Path, split: str, max_words: int) -> dict[str, Any]:
     return {"tokens": tokens.numpy(), "text_to_video": t2v.numpy(), "captions": captions, "video_ids": video_ids}
 
 
-def prepare(cfg: RunConfig, storage: Path) -> RunData:
-    """Build (or reuse) the manifest and the cache, then the Ray datasets and the evaluation texts of the run."""
+def prepare(cfg: RunConfig, storage: Path, manifest: Path | None = None) -> RunData:
+    """Build (or reuse) the manifest and the cache, then the Ray datasets and the evaluation texts of the run
+    (``manifest``: one the driver built already, e.g. when it checked the run before starting Ray)."""
     # The training loop draws its own progress bar; Ray Data's per-operator bars, forwarded from the split coordinator
     # through Ray's log monitor, flood a non-terminal log (~0.5 MB per run) and cost CPU the two workers need.
     # The datasets keep the context they were created with.
@@ -131,18 +164,22 @@ def prepare(cfg: RunConfig, storage: Path) -> RunData:
     data_ctx.enable_progress_bars = False
     data_ctx.print_on_execution_start = False
     dc = cfg.data
-    manifest = ensure_manifest(dc, storage / cfg.name)
+    manifest = manifest or ensure_manifest(dc, storage / cfg.name)
     features = bool(dc.cache) and check_feature_cache(cfg)
     size = image_size(cfg)
     if dc.cache and not features:
         ensure_frame_cache(dc, manifest, cfg.model.num_frames, size)
     args = _dataset_args(cfg, size)
     datasets = {
-        "train": pdata.video_dataset(manifest, dc.train_split, train=True, mode="pairs", seed=cfg.train.seed, **args),
+        "train": pdata.video_dataset(manifest, dc.train_split, train=True, mode="pairs", seed=cfg.train.seed,
+                                     skip_log=skip_log(cfg, dc.train_split, "pairs"), **args),
         "val": split_dataset(cfg, manifest, dc.val_split, size),
         "test": split_dataset(cfg, manifest, dc.test_split, size),
     }
     texts = {key: eval_texts(manifest, split, cfg.model.max_words)
              for key, split in (("val", dc.val_split), ("test", dc.test_split))}
     num_pairs = len(pdata.split_items(manifest, dc.train_split)["captions"])
-    return RunData(manifest=manifest, datasets=datasets, texts=texts, num_train_pairs=num_pairs, frozen_tower=features)
+    splits = {"train": dc.train_split, "val": dc.val_split, "test": dc.test_split}
+    skips = {key: (datasets[key].skip_log, num_videos(manifest, split)) for key, split in splits.items()}
+    return RunData(manifest=manifest, datasets=datasets, texts=texts, num_train_pairs=num_pairs, frozen_tower=features,
+                   skips=skips)

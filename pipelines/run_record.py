@@ -13,12 +13,15 @@ import numpy as np
 import torch
 
 from glccl.config import RunConfig, to_dict
+from glccl.data.manifest import MANIFEST_SCHEMA
+from glccl.data.report import BadInputError
 from glccl.evaluation import RetrievalResult
 from glccl.heads import get_head_class
 from glccl.losses import loss_from_config, loss_recipe
 from glccl.metrics import recall_at_k_curve, retrieval_ranks
 from glccl.model import create_model_from_config
 from pipelines import checkpoints, mlflow_model, tracking
+from pipelines.data import check_skips, split_items
 from pipelines.tracking import RANKS_ARTIFACT
 
 matplotlib.use("Agg")  # workers and drivers have no display
@@ -87,4 +90,47 @@ def log_best_model(cfg: RunConfig, logger: tracking.RunLogger, checkpoint) -> Pa
         info = mlflow_model.log_model(best, to_dict(cfg), ["glccl", "torch==2.13.0", "open_clip_torch==3.3.0"])
     logger.tag("glccl.best_model_path", str(dest))
     logger.tag("glccl.best_model_uri", info.model_uri)
+    if cfg.train.register_model:
+        with tracking.fluent_uri(logger.uri):
+            version = mlflow.register_model(info.model_uri, cfg.train.register_model)
+        logger.tag("glccl.registered_model", f"{version.name}/{version.version}")
+        print(f"[glccl] best model registered as {version.name} version {version.version}", flush=True)
     return dest
+
+
+def log_data(logger: tracking.RunLogger, cfg: RunConfig, data) -> Exception | None:
+    """Record the run's data: the skip lists (:func:`log_skips`) and the manifest as the run's MLflow dataset input
+    (source path, digest, per split the videos, captions and skipped videos). Returns a skip-limit failure, if any."""
+    failure = log_skips(logger, data.skips, cfg.data)
+    dc = cfg.data
+    profile = {}
+    for role in ("train", "val", "test"):
+        split = getattr(dc, f"{role}_split")
+        items = split_items(data.manifest, split)
+        log, total = data.skips[role]
+        profile[split] = {"videos": len(items["video_ids"]), "captions": len(items["captions"]),
+                          "skipped": log.report(total).num_skipped}
+    manifest = Path(data.manifest).resolve()
+    tracking.log_dataset(logger.uri, logger.run_id, name=f"{dc.dataset}:{Path(dc.root).name}", source=str(manifest),
+                         digest=tracking.file_digest(manifest), profile={"splits": profile, "cache": dc.cache or ""},
+                         schema={"columns": MANIFEST_SCHEMA.names})
+    return failure
+
+
+def log_skips(logger: tracking.RunLogger, skips: dict[str, tuple[Any, int]], dc) -> Exception | None:
+    """Record every stream's skipped videos (``data/skipped_<split>.json``, and the count as ``data/skipped/<split>``);
+    returns the :class:`BadInputError` of a split above ``data.max_skip_fraction``, if one is."""
+    from_split = {"train": dc.train_split, "val": dc.val_split, "test": dc.test_split}
+    failure = None
+    for role, (log, total) in skips.items():
+        rep = log.report(total)
+        split = from_split[role]
+        logger.metrics({f"data/skipped/{split}": float(rep.num_skipped)}, 0)
+        if rep.num_skipped:
+            logger.text(json.dumps(rep.to_dict(), indent=1), f"data/skipped_{split}.json")
+        if failure is None:
+            try:
+                check_skips(log, total, split)
+            except BadInputError as e:
+                failure = e
+    return failure

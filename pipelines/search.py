@@ -24,7 +24,7 @@ from glccl.config import ConfigError
 from glccl.search import Gallery, GalleryError, build_gallery, search
 from pipelines import ray_session, run_data
 from pipelines.checkpoints import load_model_checkpoint
-from pipelines.data import split_items, torch_dtypes
+from pipelines.data import check_skips, split_items, torch_dtypes
 
 
 def build(checkpoint: str, out: str, split: str | None, overrides: list[str], address: str | None):
@@ -40,6 +40,7 @@ def build(checkpoint: str, out: str, split: str | None, overrides: list[str], ad
     batches = ds.iter_torch_batches(batch_size=cfg.train.eval_batch_size, dtypes=torch_dtypes("videos"))
     gallery = build_gallery(model, batches, video_ids,
                             meta={"split": split, "checkpoint": str(Path(checkpoint).resolve()), "config": cfg.name})
+    check_skips(ds.skip_log, len(video_ids), split)  # nothing is saved when too many videos could not be read
     gallery.save(out)
     skipped = len(video_ids) - len(gallery)
     print(f"gallery {out}: {len(gallery)} videos of split {split!r} ({skipped} skipped), "

@@ -10,9 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import hashlib
+import json
 import re
+import shlex
 import socket
 import subprocess
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -20,7 +24,7 @@ from typing import Any
 
 import mlflow
 import ray
-from mlflow.entities import Metric, Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 
 RUN_NAME_TAG = "glccl.run_name"
@@ -93,8 +97,39 @@ def git_commit() -> str:
         return "unknown"
 
 
+def git_dirty() -> str:
+    """"true" when the checkout has uncommitted changes to tracked files, "false" when clean, "" outside git."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                             timeout=10, cwd=Path(__file__).resolve().parent)
+        return "" if out.returncode else ("true" if out.stdout.strip() else "false")
+    except Exception:
+        return ""
+
+
+def entry_point() -> str:
+    """The command that made the run, as a user would type it (``glccl train``), for MLflow's Source column."""
+    argv = sys.argv or [""]
+    path = Path(argv[0])
+    if (path.name == "glccl" or path.parts[-2:] == ("pipelines", "cli.py")) and len(argv) > 1:
+        return f"glccl {argv[1]}"
+    if path.name == "__main__.py":  # python -m PACKAGE
+        return path.parent.name
+    return path.name or "python"
+
+
+def source_tags() -> dict[str, str]:
+    """What MLflow shows as a run's source: entry point, git commit, whether the tree was dirty, the command line."""
+    commit = git_commit()
+    return {"mlflow.source.name": entry_point(),
+            "mlflow.source.type": "JOB" if os.environ.get("RAY_JOB_ID") else "LOCAL",
+            "mlflow.source.git.commit": "" if commit == "unknown" else commit,
+            "git.dirty": git_dirty(), "glccl.command": shlex.join(sys.argv)[:5000]}
+
+
 def run_tags(extra: dict[str, str] | None = None) -> dict[str, str]:
     tags = {
+        **source_tags(),
         "git.commit": git_commit(),
         "host": socket.gethostname(),
         "python": platform.python_version(),
@@ -135,6 +170,17 @@ def start_or_resume_run(uri: str, experiment: str, run_name: str, params: dict[s
     run = client.create_run(exp_id, tags=all_tags, run_name=run_name)
     log_params(uri, run.info.run_id, params)
     return run.info.run_id, False
+
+
+def latest_run(uri: str, experiment: str, run_name: str):
+    """The newest MLflow run of this name (``mlflow.entities.Run``), or None; creates nothing."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    found = client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    return found[0] if found else None
 
 
 def close_unfinished(uri: str, experiment: str, run_name: str, status: str = "KILLED") -> int:
@@ -231,6 +277,22 @@ def settle_trial_run(uri: str, experiment: str, name: str, ok: bool) -> None:
             end_stopped_trial(uri, run_id)
         elif not ok and status == "RUNNING":
             end_run(uri, run_id, "FAILED")
+
+
+def file_digest(path: str | os.PathLike, n: int = 16) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:n]
+
+
+def log_dataset(uri: str, run_id: str, name: str, source: str, digest: str, profile: dict[str, Any],
+                schema: dict[str, Any] | None = None, context: str = "training") -> None:
+    """Record a run's data as an MLflow dataset input (the runs table's Dataset column)."""
+    ds = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}),
+                 schema=json.dumps(schema) if schema else None, profile=json.dumps(profile))
+    _client(uri).log_inputs(run_id, datasets=[DatasetInput(ds, tags=[InputTag("mlflow.data.context", context)])])
 
 
 class RunLogger:

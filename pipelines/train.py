@@ -40,8 +40,8 @@ from glccl.evaluation import RetrievalResult, evaluate_retrieval
 from glccl.losses import loss_from_config
 from glccl.model import create_model_from_config
 from glccl.optim import build_optimizer, build_scheduler
-from pipelines import checkpoints, ray_session, run_data, run_record, tracking
-from pipelines.data import torch_dtypes
+from pipelines import checkpoints, preflight, ray_session, run_data, run_record, tracking
+from pipelines.data import check_skips, torch_dtypes
 from pipelines.torch_store import LocalStoreTorchConfig
 
 SELECT_METRIC = "t2v/R@1"
@@ -129,6 +129,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def finished(s: int) -> bool:
         return bool(tc.max_steps) and s >= tc.max_steps
 
+    skips = config.get("skips") or {}
+
+    def check_stream(*roles: str) -> None:  # every rank asks, so every rank stops at the same point
+        for role in roles:
+            if role in skips:
+                log, total = skips[role]
+                check_skips(log, total, getattr(cfg.data, f"{role}_split"))
+
+    check_stream("train", "val")  # a restarted worker stops at once when its earlier pass already passed the limit
     callbacks = config.get("step_callbacks") or []
     train_shard = ray.train.get_dataset_shard("train")
     dtypes = torch_dtypes("pairs")
@@ -174,6 +183,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             skip_batches = 0
             elapsed = time.perf_counter() - t0
             val = _evaluate(model, "val", config["texts"]["val"], cfg, device).metrics
+            check_stream("train", "val")
             if val[SELECT_METRIC] > best["metric"]:  # selection on validation, never on test
                 best = {"metric": val[SELECT_METRIC], "epoch": epoch}
                 best_state = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
@@ -195,6 +205,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if best_state is not None:
         core.load_state_dict(best_state)
     result = _evaluate(model, "test", config["texts"]["test"], cfg, device)
+    check_stream("test")
     test = result.metrics
     if logger is not None:
         logger.metrics({f"test/{k}": v for k, v in test.items()}, step)
@@ -228,9 +239,9 @@ def run(cfg: RunConfig, address: str | None = None, extra_tags: dict[str, str] |
     """
     cfg = resolve_local_files(cfg)
     storage = Path(cfg.storage).resolve()
-    storage.mkdir(parents=True, exist_ok=True)
+    manifest = preflight.check_run(cfg, storage)  # what can be checked is checked before Ray starts
     ray_session.connect(address, num_cpus=ray_session.local_cpus(cfg), dashboard=True, object_store_mb=2048)
-    data = run_data.prepare(cfg, storage)
+    data = run_data.prepare(cfg, storage, manifest)
     uri = tracking.default_tracking_uri(storage)
     params = {**flatten(to_dict(cfg)), **run_record.loss_params(cfg)}
     run_id, resumed = tracking.start_or_resume_run(uri, cfg.experiment, cfg.name, params,
@@ -243,7 +254,7 @@ def run(cfg: RunConfig, address: str | None = None, extra_tags: dict[str, str] |
             train_loop_per_worker,
             torch_config=LocalStoreTorchConfig(),  # the ranks' rendezvous store off the network
             train_loop_config={"cfg": to_dict(cfg), "run_id": run_id, "tracking_uri": uri,
-                               "texts": data.texts, "num_train_pairs": data.num_train_pairs,
+                               "texts": data.texts, "num_train_pairs": data.num_train_pairs, "skips": data.skips,
                                "frozen_tower": data.frozen_tower, "step_callbacks": list(step_callbacks or [])},
             scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                                    resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
@@ -253,7 +264,14 @@ def run(cfg: RunConfig, address: str | None = None, extra_tags: dict[str, str] |
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2), callbacks=callbacks),
             datasets=data.datasets,
         )
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except Exception:
+            skip_failure = run_record.log_data(logger, cfg, data)  # the skip lists, and the reason if it is one
+            if skip_failure is not None:
+                raise skip_failure from None
+            raise
+        run_record.log_data(logger, cfg, data)
         if result.checkpoint is not None:
             run_record.log_best_model(cfg, logger, result.checkpoint)
     return {"run_id": run_id, "tracking_uri": uri, "metrics": dict(result.metrics or {}),
@@ -265,6 +283,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="run config YAML (configs/*.yaml)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a private local Ray)")
+    p.add_argument("--register", default=None, metavar="NAME",
+                   help="register the best model in the MLflow model registry as NAME (train.register_model)")
     p.add_argument("overrides", nargs="*",
                    help="key=value overrides, e.g. train.lr=3e-4 model.head=meanp (`glccl config --list` lists every key)")
     return p.parse_args(argv)
@@ -273,7 +293,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        cfg = load_config(args.config, args.overrides)
+        extra = [f"train.register_model={args.register}"] if args.register else []
+        cfg = load_config(args.config, [*args.overrides, *extra])
     except ConfigError as e:
         print(f"glccl train: {e}", file=sys.stderr)
         return 2

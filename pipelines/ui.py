@@ -86,12 +86,12 @@ def main(argv: list[str]) -> int:
         print(f"MLFLOW_TRACKING_URI points at a server already: {backend}")
         return 0
     proc = start_server(args.storage, args.host, args.port, backend_uri=backend)
-    uri = backend or tracking.default_tracking_uri(args.storage)
-    base = f"http://{args.host}:{args.port}"
-    print(f"MLflow UI: {base}  (store: {uri}; pid {proc.pid}; Ctrl-C to stop)", flush=True)
-    for name, url in experiment_urls(uri, base):
-        print(f"  {name}: {url}", flush=True)
-    try:
+    try:  # Ctrl-C, SIGTERM or SIGHUP at any point from here stops the server
+        uri = backend or tracking.default_tracking_uri(args.storage)
+        base = f"http://{args.host}:{args.port}"
+        print(f"MLflow UI: {base}  (store: {uri}; pid {proc.pid}; Ctrl-C to stop)", flush=True)
+        for name, url in experiment_urls(uri, base):
+            print(f"  {name}: {url}", flush=True)
         proc.wait()
     except KeyboardInterrupt:
         pass
@@ -117,9 +117,24 @@ def top_runs(uri: str, experiment: str | None, metric: str, top: int, parent_run
         m = r.data.metrics
         rows.append({"run": r.info.run_name or r.info.run_id[:8], "status": r.info.status, "id": r.info.run_id,
                      "head": r.data.params.get("model.head", ""), metric: m.get(key, float("nan")),
-                     "t2v/R5": m.get("test/t2v/R5", float("nan")), "v2t/R1": m.get("test/v2t/R1", float("nan"))})
+                     "t2v/R5": m.get("test/t2v/R5", float("nan")), "v2t/R1": m.get("test/v2t/R1", float("nan")),
+                     "dataset": _dataset(r), "commit": _commit(r)})
     rows.sort(key=lambda x: (x[metric] != x[metric], x[metric] if ascending else -x[metric]))
     return rows[:top]
+
+
+def _dataset(run) -> str:
+    """The run's dataset input as ``name@digest`` (first 8 digest characters), or ""."""
+    inputs = getattr(run, "inputs", None)
+    sets = [d.dataset for d in (inputs.dataset_inputs if inputs else [])]
+    return f"{sets[0].name}@{sets[0].digest[:8]}" if sets else ""
+
+
+def _commit(run) -> str:
+    tags = run.data.tags
+    commit = tags.get("mlflow.source.git.commit") or tags.get("git.commit", "")
+    commit = "" if commit == "unknown" else commit[:10]
+    return commit + ("+dirty" if commit and tags.get("git.dirty") == "true" else "")
 
 
 def runs_main(argv: list[str]) -> int:

@@ -35,9 +35,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from glccl.data.report import AnnotationError, MissingAnnotationError, SkipReport
+from glccl.data.report import AnnotationError, MissingAnnotationError, SkipReport, SplitError
 
 MANIFEST_SCHEMA = pa.schema([
     ("dataset", pa.string()),
@@ -48,6 +49,12 @@ MANIFEST_SCHEMA = pa.schema([
     ("caption", pa.string()),
 ])
 DATASETS = ("synth", "msrvtt", "msvd", "didemo", "vatex")
+
+
+class UnknownSplitError(ValueError):
+    """A split name the benchmark's protocol does not define."""
+
+
 VIDEO_EXTS = (".mp4", ".avi", ".webm", ".mkv", ".m4v", ".mov", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".3g2", ".mts")
 
 
@@ -56,18 +63,39 @@ VIDEO_EXTS = (".mp4", ".avi", ".webm", ".mkv", ".m4v", ".mov", ".mpg", ".mpeg", 
 
 
 def _read_text(path: Path) -> str:
+    if path.is_dir():
+        raise AnnotationError(path, "is a directory, not an annotation file")
     if not path.is_file():
         raise MissingAnnotationError(path, "annotation file not found")
     # surrogateescape keeps undecodable bytes as lone surrogates: the caption that holds them is rejected later
-    return path.read_bytes().decode("utf-8", errors="surrogateescape")
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    return text[1:] if text.startswith("\ufeff") else text  # a byte-order mark (Windows editors write one)
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:  # json keeps the last one silently: the first one's captions would be lost
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
 
 
 def _load_json(path: Path):
     text = _read_text(path)
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as e:
         raise AnnotationError(path, f"malformed JSON: {e.msg} (column {e.colno})", line=e.lineno) from e
+    except _DuplicateKey as e:
+        key = str(e.args[0])
+        line = next((n for n, ln in enumerate(text.splitlines(), 1) if json.dumps(key) in ln), None)
+        raise AnnotationError(path, f"key {key!r} is given twice in one object (JSON keeps only the last)",
+                              line=line) from None
 
 
 def _read_list(path: Path) -> list[str]:
@@ -172,7 +200,7 @@ _MSRVTT_SPLITS = {
 
 def _msrvtt(root: Path, split: str, report: SkipReport) -> list[Record]:
     if split not in _MSRVTT_SPLITS:
-        raise ValueError(f"msrvtt: unknown split {split!r} (known: {', '.join(_MSRVTT_SPLITS)})")
+        raise UnknownSplitError(f"msrvtt: unknown split {split!r} (known: {', '.join(_MSRVTT_SPLITS)})")
     name = _MSRVTT_SPLITS[split]
     path = root / name
     if "JSFUSION" in name:
@@ -338,10 +366,19 @@ def _stem(name: str) -> str:
 
 
 def _video_resolver(video_dir: Path):
+    """``resolve(vid, hint) -> (path, is a file)``. Extensions match in any case (cameras write ``.MP4``); an exact
+    name wins over one that differs in case."""
+    files: dict[str, str] = {}
     try:
-        present = {e.name for e in os.scandir(video_dir) if not e.is_dir()}
+        entries = sorted(os.scandir(video_dir), key=lambda e: e.name)
     except OSError:
-        present = set()
+        entries = []
+    exact = set()
+    for e in entries:
+        if not e.is_dir():
+            exact.add(e.name)
+            root, ext = os.path.splitext(e.name)
+            files.setdefault(root + ext.lower(), e.name)
 
     def resolve(vid: str, hint: str | None) -> tuple[str, bool]:
         names = ([os.path.basename(hint)] if hint else []) + [vid + e for e in VIDEO_EXTS]
@@ -349,8 +386,13 @@ def _video_resolver(video_dir: Path):
         if stem != vid:
             names += [stem + e for e in VIDEO_EXTS]
         for n in names:
-            if n in present:
+            if n in exact:
                 return str(video_dir / n), True
+        for n in names:
+            root, ext = os.path.splitext(n)
+            found = files.get(root + ext.lower())
+            if found is not None:
+                return str(video_dir / found), True
         return str(video_dir / (os.path.basename(hint) if hint else vid + ".mp4")), False
 
     return resolve
@@ -379,10 +421,15 @@ def build_manifest(dataset: str, root: str | os.PathLike, split: str, video_dir:
     vdir = vdir.resolve()
     resolve = _video_resolver(vdir)
     cols: dict[str, list[str]] = {n: [] for n in MANIFEST_SCHEMA.names}
+    seen: set[str] = set()
     for vid, hint, caps in _ADAPTERS[dataset](root, split, report):
         if not _is_utf8(vid):
             report.skip(repr(vid.encode("utf-8", "surrogateescape")), "bad_row", "video id is not valid UTF-8")
             continue
+        if vid in seen:  # its captions would be counted twice (and the video twice in the gallery)
+            report.skip(vid, "duplicate_id", f"{vid} is listed more than once in split {split!r}")
+            continue
+        seen.add(vid)
         path, exists = resolve(vid, hint)
         if check_videos and not exists:
             report.skip(vid, "missing_file", "", path)
@@ -407,6 +454,26 @@ def build_manifest(dataset: str, root: str | os.PathLike, split: str, video_dir:
             cols["caption"].append(text)
         report.add_ok(len(good))
     return pa.table(cols, schema=MANIFEST_SCHEMA)
+
+
+def check_splits(table: pa.Table, splits: Iterable[str], *, disjoint: Iterable[tuple[str, str]] = (),
+                 where: str = "") -> None:
+    """Every split named has rows, and the pairs of splits in ``disjoint`` share no video; ``SplitError`` naming the
+    split (and a few shared videos) otherwise. A video in both the training and the test split makes the test
+    score a memorisation score."""
+    vids: dict[str, set[str]] = {}
+    for split in dict.fromkeys(splits):
+        rows = table.filter(pc.equal(table["split"], split))
+        if rows.num_rows == 0:
+            raise SplitError(f"{where}split {split!r} is empty: no video of it has a usable caption")
+        vids[split] = set(rows["video_id"].to_pylist())
+    for a, b in disjoint:
+        if a == b or a not in vids or b not in vids:
+            continue
+        shared = sorted(vids[a] & vids[b])
+        if shared:
+            raise SplitError(f"{where}{len(shared)} video(s) are in both split {a!r} and split {b!r} "
+                             f"(e.g. {', '.join(shared[:3])}); set data.allow_split_overlap=true if that is meant")
 
 
 def build_manifests(dataset: str, root: str | os.PathLike, splits: Iterable[str], video_dir=None,
@@ -439,8 +506,6 @@ def read_manifest(path: str | os.PathLike) -> pa.Table:
 
 def select_split(table: pa.Table, split: str) -> pa.Table:
     """Rows of ``split`` in manifest order."""
-    import pyarrow.compute as pc
-
     return table.filter(pc.equal(table["split"], split))
 
 

@@ -1,6 +1,6 @@
 """Bad-input bookkeeping shared by every data stage: error types and the skip report.
 
-Default policy (issue point 5): a bad item is skipped, counted and listed with its reason; the stage exits non-zero when
+Default policy: a bad item is skipped, counted and listed with its reason; the stage exits non-zero when
 the skipped share exceeds ``max_fraction`` (default 1 %). With ``strict=True`` the first bad item raises
 :class:`BadInputError` naming the file and the reason.
 
@@ -35,6 +35,7 @@ REASONS: dict[str, str] = {
     "empty_caption": "empty caption",
     "bad_utf8": "caption is not valid UTF-8",
     "bad_row": "malformed annotation row",
+    "duplicate_id": "video listed again in the same split (its captions are kept once)",
 }
 
 
@@ -54,6 +55,10 @@ class AnnotationError(DataError, ValueError):
 
 class MissingAnnotationError(AnnotationError):
     """An annotation file that a split needs does not exist."""
+
+
+class SplitError(DataError, ValueError):
+    """The splits of a run do not make a valid benchmark: an empty split, or a video in two splits."""
 
 
 class VideoError(DataError, RuntimeError):

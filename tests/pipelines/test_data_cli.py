@@ -130,11 +130,15 @@ def test_prepare_cli_bad_videos(ray_session, zoo_manifest, tmp_path, capsys):
     rc = glccl(args)
     cap = capsys.readouterr()
     assert rc == 1 and f"skipped:    {len(bad)}" in cap.out and "exceeds the limit" in cap.err
-    rep = json.loads((out / "test" / "skipped.json").read_text())
+    assert "nothing of this prepare was installed" in cap.err
+    rep = json.loads((out / "test.rejected.skipped.json").read_text())  # the report is kept, the split not installed
     assert {e["item"]: e["reason"] for e in rep["items"]} == {r: r for r in bad}
-    assert json.loads((out / "test" / "meta.json").read_text())["videos"] == 4
+    assert not (out / "test").exists()
     assert glccl(args + ["--max-skip-fraction", "0.7"]) == 0
     capsys.readouterr()
+    assert json.loads((out / "test" / "meta.json").read_text())["videos"] == 4
+    rep = json.loads((out / "test" / "skipped.json").read_text())
+    assert {e["item"]: e["reason"] for e in rep["items"]} == {r: r for r in bad}
     rc = glccl(args + ["--strict", "--out", str(tmp_path / "strict")])
     err = capsys.readouterr().err
     assert rc == 2 and "bad input (strict mode)" in err and ".mp4: " in err

@@ -3,9 +3,15 @@ killed worker process, and resuming a stopped run."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pyarrow.compute as pc
 import pytest
 
 from tests.faults import FailAt
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.ray]
 
@@ -40,7 +46,7 @@ def baseline(ray_session, tiny_synth, tmp_path_factory):
     from pipelines import train
 
     storage = tmp_path_factory.mktemp("runs")
-    cfg = _cfg(tiny_synth, storage, "baseline")
+    cfg = _cfg(tiny_synth, storage, "baseline", "train.register_model=glccl-test-best")
     return cfg, train.run(cfg)
 
 
@@ -79,6 +85,38 @@ def test_run_leaves_complete_mlflow_record(baseline):
         assert want in paths, (want, paths)
     models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
     assert any(lm.source_run_id == out["run_id"] for lm in models), "best model not logged"
+
+
+def test_run_records_its_data_source_and_registered_model(baseline, capsys):
+    import subprocess
+
+    from glccl.data.manifest import read_manifest
+    from pipelines.ui import runs_main
+
+    cfg, out = baseline
+    client = _client(out["tracking_uri"])
+    run = client.get_run(out["run_id"])
+    (inp,) = run.inputs.dataset_inputs  # the runs table's Dataset column
+    ds = inp.dataset
+    manifest = read_manifest(json.loads(ds.source)["uri"])
+    assert ds.name.startswith("synth:") and len(ds.digest) == 16
+    profile = json.loads(ds.profile)["splits"]
+    for split in ("train", "val", "test"):
+        rows = manifest.filter(pc.equal(manifest["split"], split))
+        assert profile[split] == {"videos": len(set(rows["video_id"].to_pylist())), "captions": rows.num_rows,
+                                  "skipped": 0}, split
+    assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "training"
+    tags = run.data.tags  # the Source column: entry point and commit
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    assert tags["mlflow.source.git.commit"] == head and tags["git.dirty"] in ("true", "false")
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"] and tags["glccl.command"]
+    name, version = tags["glccl.registered_model"].split("/")
+    mv = client.get_model_version(name, version)
+    assert name == "glccl-test-best" and mv.run_id == out["run_id"]
+    assert runs_main(["--storage", str(cfg.storage), "--experiment", "test-train"]) == 0
+    table = capsys.readouterr().out
+    assert "dataset" in table.splitlines()[0] and "commit" in table.splitlines()[0]
+    assert f"{ds.name}@{ds.digest[:8]}" in table and head[:10] in table
 
 
 def test_a_baseline_head_trains_with_its_own_loss(ray_session, tiny_synth, tmp_path):
