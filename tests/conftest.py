@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -76,3 +77,20 @@ def tiny_synth(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
     synth.generate(root, num_train=24, num_val=8, num_test=8, seed=1, size=64, fps=8, seconds=2.0, workers=1)
     return root
+
+
+def chromium_path() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Headless Chromium's path. Missing, a test that needs it fails under CI (``CI=true``: `.ci/run` installs
+    Debian's chromium) and skips elsewhere, with the reason."""
+    path = chromium_path()
+    if path is None:
+        why = "needs headless Chromium (Debian: apt-get install -y chromium)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(why + "; CI must have it")
+        pytest.skip(why)
+    return path

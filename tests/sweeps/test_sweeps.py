@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -129,19 +128,13 @@ def test_two_trial_sweep_records_parent_and_children(two_trial_sweep):
     assert {"sweep/trials.csv", "sweep/best.yaml", "sweep/sweep.yaml"} <= arts
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-
 def _page_text(html: str) -> str:
     html = re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.S)
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
 
 
 @pytest.mark.ray
-@pytest.mark.skipif(_chromium() is None, reason="needs headless Chromium (Debian: apt-get install chromium)")
-def test_glccl_ui_lists_the_sweep_runs_in_a_real_browser(two_trial_sweep):
+def test_glccl_ui_lists_the_sweep_runs_in_a_real_browser(two_trial_sweep, chromium):
     """`glccl ui` over the sweep's store, its runs page rendered by headless Chromium: the parent and both trials."""
     _, storage = two_trial_sweep
     client, parents, children = _runs(storage)
@@ -160,7 +153,7 @@ def test_glccl_ui_lists_the_sweep_runs_in_a_real_browser(two_trial_sweep):
                 break
         url = next((ln.split(": ", 1)[1].strip() for ln in lines if "test-sweeps:" in ln), None)
         assert url and url.startswith(f"http://127.0.0.1:{port}/#/experiments/"), "".join(lines)
-        page = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        page = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                                "--virtual-time-budget=30000", "--dump-dom", url],
                               capture_output=True, text=True, timeout=180)
         text = _page_text(page.stdout)
